@@ -1,0 +1,133 @@
+"""Per-tenant SCIM request log, written off the request's critical path.
+
+The request handler only appends a dict to an in-process queue (a few microseconds); a daemon thread
+drains it every ``flush_interval`` seconds (or at ``batch_size`` entries) in one transaction, records token
+last-used times, and prunes each tenant's log to ``retention`` rows. Bodies are kept (truncated) for the
+request debugger, with secrets masked: ``password`` values and anything that looks like a bearer token.
+Losing the last fraction of a second of log on a crash is accepted; losing SCIM data is not, and the two
+never share a transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import re
+import threading
+from typing import Any
+
+import orjson
+
+from scimgrip.storage.base import Storage
+
+log = logging.getLogger("scimgrip.requestlog")
+
+MAX_BODY_CHARS = 8192
+_SECRET_KEYS = re.compile(r'("(?:password|secret|token|client_secret)"\s*:\s*)"(?:[^"\\]|\\.)*"', re.I)
+_BEARER = re.compile(r"(sgt_)[A-Za-z0-9_\-]{8,}")
+
+
+def mask(text: str | None) -> str | None:
+    """Mask secrets in a JSON text and truncate it."""
+    if text is None:
+        return None
+    text = _SECRET_KEYS.sub(r'\1"***"', text)
+    text = _BEARER.sub(r"\1***", text)
+    if len(text) > MAX_BODY_CHARS:
+        text = text[:MAX_BODY_CHARS] + "…(truncated)"
+    return text
+
+
+def body_text(body: Any) -> str | None:
+    if body is None:
+        return None
+    if isinstance(body, bytes):
+        return body.decode("utf-8", "replace")
+    return orjson.dumps(body).decode()
+
+
+class RequestLogWriter:
+    def __init__(self, storage: Storage, *, flush_interval: float = 0.25, batch_size: int = 500,
+                 retention: int = 10_000) -> None:
+        self.storage = storage
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self.retention = retention
+        self._q: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._tokens: dict[str, dt.datetime] = {}
+        self._tokens_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._written_since_prune: dict[int, int] = {}
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="scimgrip-requestlog", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._q.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._flush(self._drain())
+
+    def record(self, entry: dict[str, Any]) -> None:
+        self._q.put(entry)
+
+    def token_used(self, token_id: str, at: dt.datetime) -> None:
+        with self._tokens_lock:
+            self._tokens[token_id] = at
+
+    def flush_now(self) -> None:
+        """Write everything queued so far (tests and shutdown)."""
+        self._flush(self._drain())
+
+    def _drain(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return out
+            if item is not None:
+                out.append(item)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch: list[dict[str, Any]] = []
+            try:
+                first = self._q.get(timeout=self.flush_interval)
+                if first is not None:
+                    batch.append(first)
+            except queue.Empty:
+                pass
+            while len(batch) < self.batch_size:
+                try:
+                    item = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    batch.append(item)
+            self._flush(batch)
+
+    def _flush(self, batch: list[dict[str, Any]]) -> None:
+        with self._tokens_lock:
+            tokens, self._tokens = self._tokens, {}
+        try:
+            if batch:
+                self.storage.append_request_log(batch)
+                for e in batch:
+                    tid = e.get("tenant_id")
+                    if tid is not None:
+                        self._written_since_prune[tid] = self._written_since_prune.get(tid, 0) + 1
+                for tid, n in list(self._written_since_prune.items()):
+                    if n >= max(100, self.retention // 10):
+                        self.storage.prune_request_log(tid, self.retention)
+                        self._written_since_prune[tid] = 0
+            if tokens:
+                self.storage.touch_tokens(tokens)
+        except Exception:  # the log must never take the server down
+            log.exception("could not write %d request-log entries", len(batch))

@@ -1,0 +1,1 @@
+"""Protocol orchestration between the HTTP layer and storage: SCIM operations and Bulk."""

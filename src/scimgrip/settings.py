@@ -1,0 +1,35 @@
+"""Settings from the environment (``SCIMGRIP_*``) via pydantic-settings; CLI options override them."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from scimgrip.scim.messages import Limits
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SCIMGRIP_", extra="ignore")
+
+    database_url: str = "sqlite:///./scimgrip.db"
+    public_url: str | None = None            # e.g. https://scim.example.com (behind a proxy)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    max_payload_bytes: int = 1_048_576
+    max_page_size: int = 1000
+    default_page_size: int = 100
+    max_patch_operations: int = 1000
+    max_members_per_patch: int = 10_000
+    max_bulk_operations: int = 1000
+    request_log_retention: int = 10_000
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_payload_bytes=self.max_payload_bytes,
+            max_bulk_operations=self.max_bulk_operations,
+            max_patch_operations=self.max_patch_operations,
+            max_members_per_patch=self.max_members_per_patch,
+            default_page_size=self.default_page_size,
+            max_page_size=self.max_page_size,
+            max_filter_results=self.max_page_size,
+        )

@@ -1,0 +1,1 @@
+"""Alembic migrations of the scimgrip schema (run by ``scimgrip.storage.upgrade``)."""

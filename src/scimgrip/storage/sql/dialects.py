@@ -1,0 +1,106 @@
+"""Engine construction and the per-dialect settings the storage guarantees depend on.
+
+SQLite: WAL (readers never block the writer), ``synchronous=FULL`` (an acknowledged commit survives kill -9 and
+power loss), ``busy_timeout`` 30 s, foreign keys on, and transactions begun by us rather than by pysqlite, so
+write transactions can say ``BEGIN IMMEDIATE``: the write lock is taken up front, which serialises writers
+instead of failing one with ``database is locked`` when a deferred transaction tries to upgrade.
+
+PostgreSQL: psycopg 3, a pool sized for a threadpool, ``pool_pre_ping``; row locks are taken by the repository
+with ``SELECT … FOR NO KEY UPDATE``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.pool import QueuePool, StaticPool
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_POOL_SIZE = 16
+PG_POOL_SIZE = 10
+
+WRITE = {"scimgrip_write": True}
+"""Execution options of a connection that will write (SQLite: ``BEGIN IMMEDIATE``)."""
+
+T = TypeVar("T")
+
+
+def make_engine(url: str) -> Engine:
+    u = make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url)
+    if backend == "postgresql":
+        return create_engine(url, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_SIZE, pool_pre_ping=True,
+                             pool_recycle=3600)
+    raise ValueError(f"unsupported database URL {u.render_as_string(hide_password=True)!r}: "
+                     "use sqlite:///path or postgresql://…")
+
+
+def _sqlite_engine(url: str) -> Engine:
+    u = make_url(url)
+    database = u.database or ""
+    memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    if memory:
+        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, poolclass=QueuePool, pool_size=SQLITE_POOL_SIZE,
+                               max_overflow=SQLITE_POOL_SIZE,
+                               connect_args={"check_same_thread": False,
+                                             "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite would otherwise defer it).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        try:
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("scimgrip_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """SQLite ``database is locked``/busy, PostgreSQL serialization failure or deadlock."""
+    if isinstance(exc, OperationalError) and exc.orig is not None:
+        msg = str(exc.orig).lower()
+        if "database is locked" in msg or "database is busy" in msg:
+            return True
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        code = getattr(exc.orig, "sqlstate", None)
+        if code in ("40001", "40P01"):
+            return True
+    return False
+
+
+def with_retries(fn: Callable[[], T], attempts: int = 8) -> T:
+    delay = 0.01
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except DBAPIError as exc:
+            if attempt == attempts - 1 or not is_retryable(exc):
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+    raise AssertionError("unreachable")
