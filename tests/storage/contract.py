@@ -432,7 +432,6 @@ class StorageContract:
         assert found(f'members.value ne "{u1.id}"') == [g2.id, g3.id]
         assert found('members pr') == [g1.id, g2.id]
         assert found('not (members pr)') == [g3.id]
-        assert found('members[display eq "U1"]') == [g1.id]          # in-memory path
         assert found('displayName eq "admins"') == [g1.id]
         assert found(f'groups.value eq "{g2.id}"', "User") == [u2.id]
         assert found('groups[display eq "Admins"]', "User") == [u1.id, u2.id]

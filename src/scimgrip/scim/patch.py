@@ -29,6 +29,7 @@ from scimgrip.scim.errors import (
     ScimError,
 )
 from scimgrip.scim.filter import And, Compare, Filter, Or, matches_element
+from scimgrip.scim.model import Change, MemberDelta, StoredResource
 from scimgrip.scim.paths import PatchPath, parse_patch_path
 from scimgrip.scim.resource import check_required, normalize_value
 from scimgrip.scim.schema import CORE_GROUP, DEFAULT_REGISTRY, ENTERPRISE_USER, Attribute, SchemaRegistry
@@ -39,7 +40,6 @@ from scimgrip.scim.tolerance import (
     manager_value,
     normalize_op,
 )
-from scimgrip.storage.base import Change, MemberDelta, StoredResource
 
 PATCH_OP_URN = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 

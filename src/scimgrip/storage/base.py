@@ -25,6 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scimgrip.scim.filter import Filter
+from scimgrip.scim.model import Change, Member, MemberDelta, StoredResource
+
+__all__ = [
+    "Change", "Member", "MemberDelta", "Page", "Query", "Storage", "StoredResource", "Tenant", "TokenRecord",
+]
 
 
 @dataclass(frozen=True)
@@ -47,49 +52,6 @@ class TokenRecord:
     revoked: dt.datetime | None
     last_used: dt.datetime | None
     description: str = ""
-
-
-@dataclass(frozen=True)
-class Member:
-    """One membership row (RFC 7643 §4.2 ``members``): ``value`` is the member's id."""
-
-    value: str
-    type: str | None = None      # "User" / "Group"; filled by storage from the member resource
-    display: str | None = None   # filled on read from the member's displayName/userName
-
-
-@dataclass(frozen=True)
-class StoredResource:
-    """A resource as stored. ``doc`` holds the attributes (no ``id``/``meta``; no ``members`` for groups)."""
-
-    id: str
-    resource_type: str
-    doc: dict[str, Any]
-    version: int
-    created: dt.datetime
-    last_modified: dt.datetime
-    members: list[Member] | None = None   # groups only, and only when asked for
-    groups: list[Member] | None = None    # users only: the groups it is a direct member of, when asked for
-
-
-@dataclass(frozen=True)
-class MemberDelta:
-    """A change to a group's membership computed by PATCH/PUT, applied as row inserts and deletes."""
-
-    add: Sequence[str] = ()            # member ids to add (idempotent: an existing member is not duplicated)
-    remove: Sequence[str] = ()         # member ids to remove (absent ones are ignored)
-    remove_all: bool = False           # applied before ``add``: e.g. Okta's ``replace members []``
-
-    def is_empty(self) -> bool:
-        return not self.add and not self.remove and not self.remove_all
-
-
-@dataclass(frozen=True)
-class Change:
-    """What an ``update`` callback returns: the new document and, for groups, the membership delta."""
-
-    doc: dict[str, Any]
-    members: MemberDelta = field(default_factory=MemberDelta)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,42 @@
+"""The layers stay visible: the protocol core imports no I/O or framework, and lower layers never import
+higher ones (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "scimgrip"
+
+# package -> scimgrip packages and third-party modules it must not import
+FORBIDDEN: dict[str, set[str]] = {
+    "scim": {"scimgrip.storage", "scimgrip.service", "scimgrip.server", "scimgrip.tenancy", "scimgrip.cli",
+             "sqlalchemy", "starlette", "uvicorn", "alembic", "psycopg", "typer", "httpx", "socket", "sqlite3"},
+    "storage": {"scimgrip.service", "scimgrip.server", "scimgrip.tenancy", "scimgrip.cli", "starlette"},
+    "tenancy": {"scimgrip.service", "scimgrip.server", "scimgrip.cli", "starlette", "sqlalchemy"},
+    "service": {"scimgrip.server", "scimgrip.cli", "starlette", "sqlalchemy"},
+    "server": {"scimgrip.cli", "sqlalchemy"},
+}
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_layering(package: str) -> None:
+    offenders = []
+    for path in sorted((SRC / package).rglob("*.py")):
+        for mod in imports(path):
+            if any(mod == f or mod.startswith(f + ".") for f in FORBIDDEN[package]):
+                offenders.append(f"{path.relative_to(SRC)} imports {mod}")
+    assert not offenders, "\n".join(offenders)
