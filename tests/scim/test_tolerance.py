@@ -168,3 +168,13 @@ def test_fixture_strict_policy(name: str) -> None:
         replay(fx, TolerancePolicy.strict())
     assert info.value.status == strict["status"]
     assert info.value.scim_type == strict["scimType"]
+
+
+def test_docs_list_every_quirk() -> None:
+    from pathlib import Path
+
+    from scimgrip.scim.tolerance import QUIRKS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "tolerance.md").read_text()
+    for quirk in QUIRKS:
+        assert f"`{quirk.name}`" in doc and quirk.fixture in doc, quirk.name

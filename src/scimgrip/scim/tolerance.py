@@ -69,8 +69,8 @@ QUIRKS: tuple[Quirk, ...] = (
           ("Captain-P-Goldfish/SCIM-SDK#757", "scim-for-keycloak#144", "jelhub/scimgateway#113"),
           "okta/replace_members_empty.json"),
     Quirk("ignore_read_only_in_values", "Okta",
-          'Replace values and bodies carrying read-only "id" or "meta" (Entra sends meta.resourceType in POST); '
-          "ignored instead of rejected.",
+          'PATCH values carrying read-only "id" or "meta" (Okta) are ignored instead of rejected. (In POST/PUT '
+          "bodies RFC 7644 §3.3 already says to ignore them, e.g. Entra's meta.resourceType.)",
           ("entra-scim-wire.md §5.1 (TUT create user)", "Okta SCIM 2.0 guide: replace with id"),
           "okta/replace_with_id.json"),
     Quirk("unknown_schema_urns", "Entra",
