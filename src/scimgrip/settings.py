@@ -22,6 +22,15 @@ class Settings(BaseSettings):
     max_members_per_patch: int = 10_000
     max_bulk_operations: int = 1000
     request_log_retention: int = 10_000
+    # abuse limits (server/limits.py). A normal Entra cycle (tens of requests per second) never reaches them.
+    rate_limit_enabled: bool = True
+    rate_limit_rps: float = 100.0            # per tenant, sustained, shared by every worker (database counter)
+    rate_limit_burst: int = 1000             # requests a tenant may send at once above the sustained rate
+    auth_failure_limit: int = 30             # failed authentications per client address and window ...
+    auth_failure_window_seconds: float = 60.0
+    auth_failure_delay_seconds: float = 1.0  # ... then 429 + Retry-After, answered after this delay
+    body_timeout_seconds: float = 30.0       # a request body must arrive within this time (408)
+    max_header_bytes: int = 16_384           # request line + headers (431/400)
 
     def limits(self) -> Limits:
         return Limits(

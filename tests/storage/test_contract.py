@@ -13,6 +13,10 @@ from scimgrip.scim.filter import parse_and_bind
 from scimgrip.scim.schema import DEFAULT_REGISTRY
 from scimgrip.storage import normalize_url, open_storage
 from scimgrip.storage.base import Storage
+from scimgrip.storage.sql import (
+    engine_tables,  # noqa: F401 - engine tables join the compared metadata
+    ratelimit_tables,  # noqa: F401 - rate-limit table joins the compared metadata
+)
 from scimgrip.storage.sql.filters import FilterContext, compile_filter
 from scimgrip.storage.sql.repository import SqlStorage
 from scimgrip.storage.sql.tables import group_members, metadata, resource_values, resources

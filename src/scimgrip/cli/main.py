@@ -16,6 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from scimgrip.cli.backup import register as register_backup_commands
+from scimgrip.cli.engine import register as register_engine_commands
+from scimgrip.cli.events import apikey_app, events_app, webhook_app
 from scimgrip.scim.errors import ScimError
 from scimgrip.settings import Settings
 from scimgrip.storage import open_storage, upgrade
@@ -30,6 +33,11 @@ db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
+app.add_typer(events_app, name="events")
+app.add_typer(webhook_app, name="webhook")
+app.add_typer(apikey_app, name="apikey")
+register_engine_commands(app)
+register_backup_commands(tenant_app, db_app)   # tenant export|import, db backup (cli/backup.py)
 
 out = Console()
 err = Console(stderr=True)
@@ -90,6 +98,7 @@ def serve(
 
     url = database or Settings().database_url
     os.environ["SCIMGRIP_DATABASE_URL"] = url
+    os.environ["SCIMGRIP_WORKERS"] = str(workers)   # one process: the rate limit stays in memory
     if base_url:
         os.environ["SCIMGRIP_PUBLIC_URL"] = base_url
     storage = open_storage(url)
@@ -105,8 +114,11 @@ def serve(
             sys.stdout.flush()
     finally:
         storage.close()
+    from scimgrip.server.limits import http_protocol  # header-size bound (httptools) / h11's own
+
     uvicorn.run("scimgrip.server.main:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, proxy_headers=True, access_log=False)
+                log_level=log_level, proxy_headers=True, access_log=False, http=http_protocol(),
+                h11_max_incomplete_event_size=Settings().max_header_bytes)
 
 
 # -- db ---------------------------------------------------------------------------------------------------------

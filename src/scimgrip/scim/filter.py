@@ -301,6 +301,8 @@ class _Parser:
             except ValueError as exc:
                 raise InvalidFilter(f"invalid string literal at position {tok.pos}") from exc
             assert isinstance(decoded, str)
+            if "\x00" in decoded:  # no stored value holds NUL (scim.resource), and PostgreSQL text cannot
+                raise InvalidFilter(f"string literal at position {tok.pos} contains a NUL character")
             return decoded
         if tok.kind != "word":
             raise InvalidFilter(f"expected a value at position {tok.pos}, found {tok.text!r}")
@@ -591,19 +593,21 @@ def matches_element(node: Filter, element: Mapping[str, Any]) -> bool:
     return _eval_relative(node, element)
 
 
-def to_string(node: Filter) -> str:
-    """Render an AST back to filter syntax (for logs and tests)."""
+def to_string(node: Filter, *, _relative: bool = False) -> str:
+    """Render an AST back to filter syntax (for logs and tests); parsing the result gives the same AST."""
     if isinstance(node, And):
-        return f"({to_string(node.left)} and {to_string(node.right)})"
+        return f"({to_string(node.left, _relative=_relative)} and {to_string(node.right, _relative=_relative)})"
     if isinstance(node, Or):
-        return f"({to_string(node.left)} or {to_string(node.right)})"
+        return f"({to_string(node.left, _relative=_relative)} or {to_string(node.right, _relative=_relative)})"
     if isinstance(node, Not):
-        return f"not ({to_string(node.expr)})"
+        return f"not ({to_string(node.expr, _relative=_relative)})"
     if isinstance(node, ValuePath):
-        return f"{node.path}[{to_string(node.filter)}]"
+        return f"{node.path}[{to_string(node.filter, _relative=True)}]"
+    # inside attr[...] paths are relative: a bound one still carries the parent's URN, which must not be written
+    path = node.path.dotted() if _relative else str(node.path)
     if isinstance(node, Present):
-        return f"{node.path} pr"
+        return f"{path} pr"
     v = node.value
     lit = ("true" if v else "false") if isinstance(v, bool) else "null" if v is None else (
         json.dumps(v) if isinstance(v, str) else str(v))
-    return f"{node.path} {node.op} {lit}"
+    return f"{path} {node.op} {lit}"

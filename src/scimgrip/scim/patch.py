@@ -695,7 +695,7 @@ class _Patcher:
                         raise InvalidValue(f'{where}[{i}].type must be a string')
                 elif low != "display":
                     raise InvalidValue(f"{where}[{i}]: unknown member attribute {k!r}")
-            if not isinstance(mid, str) or not mid:
+            if not isinstance(mid, str) or not mid or "\x00" in mid:
                 raise InvalidValue(f'{where}[{i}] needs a non-empty string "value" (the member id)')
             if mid not in ids:
                 ids.append(mid)

@@ -243,7 +243,8 @@ def _member_ids(value: Any, policy: TolerancePolicy) -> list[str]:
     ids: list[str] = []
     for i, element in enumerate(value):
         element = drop_null_ref(element, policy)
-        if not isinstance(element, Mapping) or not isinstance(element.get("value"), str) or not element["value"]:
+        if not isinstance(element, Mapping) or not isinstance(element.get("value"), str) or not element["value"] \
+                or "\x00" in element["value"]:
             raise InvalidValue(f'"members[{i}]" must be an object with a string "value"')
         if element["value"] not in ids:
             ids.append(element["value"])

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from scimgrip.events.api import install as install_events
 from scimgrip.scim.discovery import resource_types_list, schemas_list, service_provider_config
 from scimgrip.scim.errors import (
     InvalidSyntax,
@@ -39,6 +40,8 @@ from scimgrip.scim.errors import (
 )
 from scimgrip.scim.messages import Limits, list_response, parse_list_params, parse_search_request
 from scimgrip.scim.tolerance import DEFAULT_POLICY, TolerancePolicy
+from scimgrip.server.limits import Guard, GuardMiddleware
+from scimgrip.server.openapi import openapi_endpoint
 from scimgrip.server.requestlog import RequestLogWriter, body_text, mask
 from scimgrip.service.bulk import run_bulk
 from scimgrip.service.scim import Preconditions, Reply, ScimService
@@ -104,6 +107,7 @@ class ScimApp:
         self.tenants = TenantService(storage)
         self.service = ScimService(storage, policy=config.policy, limits=config.limits)
         self.request_log = RequestLogWriter(storage, retention=config.request_log_retention)
+        self.guard = Guard(storage)   # rate limit, bad-token slowdown, body deadline (server/limits.py)
 
     # -- plumbing ----------------------------------------------------------------------------------------------
     def base_url(self, request: Request, tenant: str) -> str:
@@ -150,6 +154,7 @@ class ScimApp:
                                                     request.headers.get("authorization"))
             log_tenant_id = authed.id
             self.request_log.token_used(token.id, utcnow())
+            await self.guard.admit(authed.id)   # per-tenant rate limit: 429 + Retry-After
             if with_body:
                 body = await self.read_json(request)
             reply = await run_in_threadpool(work, authed, self.base_url(request, tenant_name), body)
@@ -271,6 +276,7 @@ class ScimApp:
     def routes(self) -> list[Route]:
         return [
             Route("/healthz", self.health, methods=["GET"]),
+            Route("/scim/v2/openapi.json", openapi_endpoint, methods=["GET"]),
             Route(BASE + "/Users", self.collection, methods=["GET", "POST"]),
             Route(BASE + "/Groups", self.collection, methods=["GET", "POST"]),
             Route(BASE + "/Users/.search", self.search, methods=["POST"]),
@@ -323,5 +329,7 @@ def create_app(storage: Storage, config: ServerConfig | None = None) -> Starlett
     }
     app = Starlette(routes=scim.routes(), exception_handlers=handlers, lifespan=lifespan)
     app.state.scim = scim
+    install_events(app, storage)   # events API + webhook dispatcher (docs/events.md)
+    app.add_middleware(GuardMiddleware, guard=scim.guard)
     app.add_middleware(NormalizePath)
     return app

@@ -44,7 +44,10 @@ def body_text(body: Any) -> str | None:
         return None
     if isinstance(body, bytes):
         return body.decode("utf-8", "replace")
-    return orjson.dumps(body).decode()
+    try:
+        return orjson.dumps(body).decode()
+    except TypeError:  # orjson.JSONEncodeError: nested deeper than orjson writes (it reads deeper than it writes)
+        return "(body not logged: JSON nested too deeply)"
 
 
 class RequestLogWriter:
@@ -75,6 +78,10 @@ class RequestLogWriter:
         self._flush(self._drain())
 
     def record(self, entry: dict[str, Any]) -> None:
+        # the path carries the query string and the detail may echo input: a token there is masked too
+        for key in ("path", "detail"):
+            if isinstance(entry.get(key), str):
+                entry[key] = mask(entry[key])
         self._q.put(entry)
 
     def token_used(self, token_id: str, at: dt.datetime) -> None:

@@ -19,6 +19,7 @@ from scimgrip.scim import patch as patch_ops
 from scimgrip.scim.errors import (
     InvalidFilter,
     InvalidValue,
+    NotFound,
     PreconditionFailed,
     ScimError,
 )
@@ -142,6 +143,7 @@ class ScimService:
     def get(self, tenant: Tenant, rt: str, rid: str, base_url: str, attributes: str | None = None,
             excluded: str | None = None, pre: Preconditions = Preconditions()) -> Reply:
         """GET /Users/{id} (RFC 7644 §3.4.1); ``If-None-Match`` → 304."""
+        _existing_id(rt, rid)
         reg = self.registry(tenant)
         proj = parse_projection(attributes, excluded, reg, rt)
         res = self.storage.get(tenant.id, rt, rid, include_members=wants(proj, reg, rt, "members"),
@@ -158,6 +160,7 @@ class ScimService:
         """PUT (RFC 7644 §3.5.1). Members given → the membership becomes exactly that set (applied as a diff
         of rows); ``members`` omitted → memberships are left alone (RFC 7644 §3.5.1 allows either, and
         dropping every membership because a client left the attribute out is the dangerous choice)."""
+        _existing_id(rt, rid)
         reg = self.registry(tenant)
         norm = normalize_resource(body, reg, rt, self.policy)
         expected = pre.expected_version()
@@ -184,19 +187,20 @@ class ScimService:
         """PATCH (RFC 7644 §3.5.2), atomic. Users → 200 with the resource; Groups → 204 (Entra's TUT asks
         for 204 and warns against returning the member list) unless ``attributes``/``excludedAttributes``
         asks for a body."""
+        _existing_id(rt, rid)
         reg = self.registry(tenant)
         ops = patch_ops.parse_patch_request(body, self.policy, max_operations=self.limits.max_patch_operations,
                                             max_members=self.limits.max_members_per_patch)
         expected = pre.expected_version()
         need_members = patch_ops.needs_members(ops)
-        checked: dict[str, bool] = {}
 
         def apply(current: StoredResource) -> Change:
             change = patch_ops.apply_patch(current, ops, reg, rt, self.policy)
-            added = [m for m in change.members.add if m not in checked]
-            if added:
-                self._check_members(tenant, added, rid)
-                checked.update(dict.fromkeys(added, True))
+            if rid in change.members.add:
+                raise InvalidValue("a group cannot be a member of itself")
+            # No existence pre-check here: storage inserts members with INSERT … SELECT FROM resources in this
+            # same transaction and raises InvalidValue for an id the tenant does not have. The pre-check was a
+            # second connection and transaction per member PATCH (docs/performance.md).
             return change
 
         res = self.storage.update(tenant.id, rt, rid, apply, expected_version=expected,
@@ -210,6 +214,7 @@ class ScimService:
 
     def delete(self, tenant: Tenant, rt: str, rid: str, pre: Preconditions = Preconditions()) -> Reply:
         """DELETE (RFC 7644 §3.6): 204, then 404."""
+        _existing_id(rt, rid)
         self.storage.delete(tenant.id, rt, rid, expected_version=pre.expected_version())
         return Reply(204)
 
@@ -289,6 +294,12 @@ class ScimService:
             remaining -= len(page.resources)
             offset = 0
         return Reply(200, list_response(out, total, params.start_index))
+
+
+def _existing_id(rt: str, rid: str) -> None:
+    """Ids are uuid hex: one with NUL names nothing (and PostgreSQL text cannot hold it: it was a 500)."""
+    if "\x00" in rid:
+        raise NotFound(f"{rt} {rid!r} not found")
 
 
 def _check_immutable(old: Mapping[str, Any], new: Mapping[str, Any], reg: SchemaRegistry, rt: str) -> None:

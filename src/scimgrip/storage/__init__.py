@@ -50,7 +50,7 @@ def _upgrade_engine(engine: Engine) -> None:
         with conn.begin():
             if engine.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-            command.upgrade(_alembic_config(conn), "head")
+            command.upgrade(_alembic_config(conn), "heads")
 
 
 def upgrade(url: str | None = None) -> None:

@@ -5,7 +5,8 @@ power loss), ``busy_timeout`` 30 s, foreign keys on, and transactions begun by u
 write transactions can say ``BEGIN IMMEDIATE``: the write lock is taken up front, which serialises writers
 instead of failing one with ``database is locked`` when a deferred transaction tries to upgrade.
 
-PostgreSQL: psycopg 3, a pool sized for a threadpool, ``pool_pre_ping``; row locks are taken by the repository
+PostgreSQL: psycopg 3, a pool sized for a threadpool, a liveness ping for connections that sat idle in the pool
+(not on every checkout, see :func:`_ping_when_idle`); row locks are taken by the repository
 with ``SELECT … FOR NO KEY UPDATE``.
 """
 
@@ -18,12 +19,14 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_POOL_SIZE = 16
+SQLITE_MAX_OVERFLOW = 40   # pool (56) > anyio's 40 worker threads: a thread never waits for a connection
 PG_POOL_SIZE = 10
+PG_PING_IDLE_SECONDS = 1.0
 
 WRITE = {"scimgrip_write": True}
 """Execution options of a connection that will write (SQLite: ``BEGIN IMMEDIATE``)."""
@@ -37,10 +40,44 @@ def make_engine(url: str) -> Engine:
     if backend == "sqlite":
         return _sqlite_engine(url)
     if backend == "postgresql":
-        return create_engine(url, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_SIZE, pool_pre_ping=True,
-                             pool_recycle=3600)
+        engine = create_engine(url, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_SIZE, pool_recycle=3600)
+        _ping_when_idle(engine)
+        return engine
     raise ValueError(f"unsupported database URL {u.render_as_string(hide_password=True)!r}: "
                      "use sqlite:///path or postgresql://…")
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float | None = None) -> None:
+    """``pool_pre_ping``, but only for a connection that sat in the pool for ``idle_seconds`` or more.
+
+    SQLAlchemy's pre-ping costs a round trip on *every* checkout, i.e. on every transaction: a third of a simple
+    statement's cost under load (docs/performance.md). A connection checked in a moment ago is as alive as the
+    ping would prove; one that idled (across a database restart, a failover, an idle timeout) is pinged, and a
+    dead one is replaced before the request uses it. A connection that breaks while in constant use fails the
+    statement in flight, as it would with pre-ping, and SQLAlchemy then invalidates the pool.
+    """
+
+    limit = PG_PING_IDLE_SECONDS if idle_seconds is None else idle_seconds
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["scimgrip_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("scimgrip_idle_since")
+        if since is None or time.monotonic() - since < limit:
+            return
+        try:
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("SELECT 1")
+            finally:
+                cur.close()
+            if not getattr(dbapi_conn, "autocommit", True):
+                dbapi_conn.rollback()      # leave no transaction open behind the ping
+        except Exception as exc:          # noqa: BLE001 - any failure means "dead": the pool reconnects
+            raise DisconnectionError("connection failed its idle ping") from exc
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -52,7 +89,7 @@ def _sqlite_engine(url: str) -> Engine:
     else:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, poolclass=QueuePool, pool_size=SQLITE_POOL_SIZE,
-                               max_overflow=SQLITE_POOL_SIZE,
+                               max_overflow=SQLITE_MAX_OVERFLOW,
                                connect_args={"check_same_thread": False,
                                              "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
@@ -72,10 +109,12 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("scimgrip_write"):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.exec_driver_sql("BEGIN")
+        # Straight on the DBAPI connection: BEGIN needs no result, and going through exec_driver_sql cost as
+        # much SQLAlchemy machinery as a real statement, twice per request (docs/performance.md).
+        sql = "BEGIN IMMEDIATE" if conn.get_execution_options().get("scimgrip_write") else "BEGIN"
+        dbapi = conn.connection.driver_connection
+        assert dbapi is not None
+        dbapi.execute(sql)
 
     return engine
 

@@ -40,6 +40,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError
 
+from scimgrip.events import outbox
 from scimgrip.scim.errors import InvalidFilter, InvalidValue, NotFound, PreconditionFailed, ScimError, Uniqueness
 from scimgrip.scim.filter import Filter, evaluate, parse_attr_path, parse_datetime
 from scimgrip.scim.schema import DEFAULT_REGISTRY, Attribute
@@ -55,6 +56,7 @@ from scimgrip.storage.base import (
     TokenRecord,
 )
 from scimgrip.storage.sql.dialects import WRITE, make_engine, with_retries
+from scimgrip.storage.sql.events_store import append_events, purge_tenant
 from scimgrip.storage.sql.filters import CORE_URNS, FilterContext, as_text, compile_filter, fold, mentions
 from scimgrip.storage.sql.tables import (
     format_utc,
@@ -362,7 +364,8 @@ class SqlStorage(Storage):
         cols, sel = args[:-1], args[-1]
         ins = pg_dialect.insert(group_members) if self.dialect == "postgresql" else sqlite_dialect.insert(
             group_members)
-        return ins.from_select(list(cols), sel).on_conflict_do_nothing().returning(group_members.c.member_id)
+        return ins.from_select(list(cols), sel).on_conflict_do_nothing().returning(group_members.c.member_id,
+                                                                                   group_members.c.member_type)
 
     # -- tenants -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -413,6 +416,7 @@ class SqlStorage(Storage):
 
     def delete_tenant(self, tenant_id: int) -> None:
         def tx(conn: Connection) -> None:
+            purge_tenant(conn, tenant_id)
             conn.execute(delete(request_log).where(request_log.c.tenant_id == tenant_id))
             conn.execute(delete(tokens).where(tokens.c.tenant_id == tenant_id))
             conn.execute(delete(group_members).where(group_members.c.tenant_id == tenant_id))
@@ -573,8 +577,10 @@ class SqlStorage(Storage):
                 found[r.id] = r
         return found
 
-    def _add_members(self, conn: Connection, tenant_id: int, group_id: str, ids: Sequence[str]) -> int:
-        """Insert membership rows (idempotent); how many were new. ``InvalidValue`` for an id not in the tenant.
+    def _add_members(self, conn: Connection, tenant_id: int, group_id: str,
+                     ids: Sequence[str]) -> list[tuple[str, str]]:
+        """Insert membership rows (idempotent); the new ones as (member id, type) for the outbox.
+        ``InvalidValue`` for an id not in the tenant.
 
         One ``INSERT … SELECT FROM resources … ON CONFLICT DO NOTHING RETURNING`` per chunk: ids that do not
         exist produce no row, so the existence check costs a second statement only when fewer rows came back
@@ -582,14 +588,14 @@ class SqlStorage(Storage):
         """
         r = resources
         gm = group_members
-        inserted = 0
+        inserted: list[tuple[str, str]] = []
         for chunk in _chunks(ids):
             sel = select(r.c.tenant_id, literal(group_id, gm.c.group_id.type), r.c.id, r.c.resource_type).where(
                 r.c.tenant_id == tenant_id, r.c.id.in_(chunk))
             stmt = self._insert_ignore(gm.c.tenant_id, gm.c.group_id, gm.c.member_id, gm.c.member_type, sel)
-            got = len(conn.execute(stmt).all())
+            got = [(r[0], r[1]) for r in conn.execute(stmt)]
             inserted += got
-            if got < len(chunk):
+            if len(got) < len(chunk):
                 found = self._lookup(conn, tenant_id, chunk)
                 for m in chunk:
                     if m not in found:
@@ -626,40 +632,49 @@ class SqlStorage(Storage):
             self._write_values(conn, tenant_id, pk, rows)
             member_list: list[Member] | None = None
             groups: list[Member] | None = None
+            added: list[tuple[str, str]] = []
             if resource_type == "Group":
                 member_list = []
                 if member_ids:
-                    self._add_members(conn, tenant_id, rid, member_ids)
+                    added = self._add_members(conn, tenant_id, rid, member_ids)
                     member_list = self._load_members(conn, tenant_id, [rid])[rid]
             elif resource_type == "User":
                 groups = []
-            return StoredResource(id=rid, resource_type=resource_type, doc=doc, version=1, created=now,
-                                  last_modified=now, members=member_list, groups=groups)
+            stored = StoredResource(id=rid, resource_type=resource_type, doc=doc, version=1, created=now,
+                                    last_modified=now, members=member_list, groups=groups)
+            append_events(conn, tenant_id, outbox.created(stored, added), now)
+            return stored
 
         try:
             return self._write(tx)
         except IntegrityError as exc:
             raise _integrity_error(exc, user_name=cols["user_name"], what=resource_type) from exc
 
-    def _apply_delta(self, conn: Connection, tenant_id: int, group_id: str, delta: MemberDelta) -> bool:
+    def _apply_delta(self, conn: Connection, tenant_id: int, group_id: str,
+                     delta: MemberDelta) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """Apply a membership delta; the rows really (added, removed) as (member id, type), for the outbox."""
         gm = group_members
-        changed = False
+        removed: list[tuple[str, str]] = []
         add = _dedupe(delta.add)
         base = and_(gm.c.tenant_id == tenant_id, gm.c.group_id == group_id)
+        gone = (gm.c.member_id, gm.c.member_type)
         if delta.remove_all:
             if add and len(add) <= 4 * CHUNK:
                 # keep rows that are re-added, so replacing members with the same set is not a change
-                res = conn.execute(delete(gm).where(base, gm.c.member_id.not_in(add)))
+                res = conn.execute(delete(gm).where(base, gm.c.member_id.not_in(add)).returning(*gone))
             else:
-                res = conn.execute(delete(gm).where(base))
-            changed |= res.rowcount > 0
+                res = conn.execute(delete(gm).where(base).returning(*gone))
+            removed += [(r[0], r[1]) for r in res]
         remove = [m for m in _dedupe(delta.remove) if m not in set(add)] if add else _dedupe(delta.remove)
         for chunk in _chunks(remove):
-            res = conn.execute(delete(gm).where(base, gm.c.member_id.in_(chunk)))
-            changed |= res.rowcount > 0
-        if add:
-            changed |= self._add_members(conn, tenant_id, group_id, add) > 0
-        return changed
+            res = conn.execute(delete(gm).where(base, gm.c.member_id.in_(chunk)).returning(*gone))
+            removed += [(r[0], r[1]) for r in res]
+        added = self._add_members(conn, tenant_id, group_id, add) if add else []
+        if delta.remove_all and add and len(add) > 4 * CHUNK:
+            # everything was deleted and re-inserted: a re-added member is neither added nor removed
+            back = {m for m, _ in removed} & {m for m, _ in added}
+            removed = [x for x in removed if x[0] not in back]
+        return added, removed
 
     def update(self, tenant_id: int, resource_type: str, resource_id: str,
                apply: Callable[[StoredResource], Change], *, expected_version: int | None = None,
@@ -683,8 +698,9 @@ class SqlStorage(Storage):
             delta = change.members
             if not delta.is_empty() and not is_group:
                 raise InvalidValue(f"a {resource_type} has no members")
-            members_changed = self._apply_delta(conn, tenant_id, resource_id, delta) if not delta.is_empty() \
-                else False
+            added, removed = self._apply_delta(conn, tenant_id, resource_id, delta) if not delta.is_empty() \
+                else ([], [])
+            members_changed = bool(added or removed)
             doc_changed = new_doc != original
             version, last_modified = row.version, row.last_modified
             if doc_changed or members_changed:
@@ -703,9 +719,12 @@ class SqlStorage(Storage):
             if needs_members and is_group:
                 members = self._load_members(conn, tenant_id, [resource_id])[resource_id] \
                     if members_changed or members is None else members
-            return StoredResource(id=row.id, resource_type=row.resource_type,
-                                  doc=new_doc if doc_changed else original, version=version, created=row.created,
-                                  last_modified=last_modified, members=members)
+            stored = StoredResource(id=row.id, resource_type=row.resource_type,
+                                    doc=new_doc if doc_changed else original, version=version,
+                                    created=row.created, last_modified=last_modified, members=members)
+            if doc_changed or members_changed:
+                append_events(conn, tenant_id, outbox.updated(original, stored, added, removed), last_modified)
+            return stored
 
         try:
             return self._write(tx)
@@ -724,10 +743,21 @@ class SqlStorage(Storage):
                     raise NotFound(f"{resource_type} {resource_id!r} not found")
                 if version != expected_version:
                     raise PreconditionFailed(f"version mismatch: the {resource_type} is at version {version}")
-            # group_members rows (as group and as member) and resource_values go by ON DELETE CASCADE
-            res = conn.execute(delete(resources).where(where))
-            if res.rowcount == 0:
+            gm = group_members
+            # memberships of the resource in groups: removed here (not by cascade) to report each one
+            parents = [r[0] for r in conn.execute(delete(gm).where(
+                gm.c.tenant_id == tenant_id, gm.c.member_id == resource_id).returning(gm.c.group_id))]
+            # its own group_members rows (as group) and resource_values go by ON DELETE CASCADE
+            row = conn.execute(delete(resources).where(where).returning(*RES_COLUMNS)).first()
+            if row is None:
                 raise NotFound(f"{resource_type} {resource_id!r} not found")
+            drafts: list[outbox.Draft] = []
+            if parents:
+                groups = [self._resource(g) for g in conn.execute(select(*RES_COLUMNS).where(
+                    resources.c.tenant_id == tenant_id, resources.c.id.in_(parents)).order_by(resources.c.id))]
+                drafts += outbox.removed_from(groups, (resource_id, resource_type))
+            drafts += outbox.deleted(self._resource(row))
+            append_events(conn, tenant_id, drafts, _now())
 
         self._write(tx)
 

@@ -208,3 +208,96 @@ request_log = Table(
 )
 
 ALL_TABLES = (tenants, tokens, resources, resource_values, group_members, request_log)
+
+# ---------------------------------------------------------------------------------------------------------------
+# events (issue 7): transactional outbox, app API keys, webhooks. Created by migration 0002_events.
+# No foreign keys to ``tenants``: ``delete_tenant`` purges these rows explicitly (events_store.purge_tenant).
+# ---------------------------------------------------------------------------------------------------------------
+events = Table(
+    "events", metadata,
+    Column("tenant_id", BigInteger(), nullable=False),
+    Column("seq", BigInteger(), nullable=False),              # per tenant, gap-free, in commit order
+    Column("id", String(64), nullable=False),                 # "evt_…" (random): stable, the webhook-id
+    Column("type", String(64), nullable=False),
+    Column("resource_type", String(16), nullable=False),
+    Column("resource_id", ctext(64), nullable=False),
+    Column("occurred", UtcDateTime(), nullable=False),
+    Column("data", Text(), nullable=False),                   # JSON: resource, previous_attributes, member
+    PrimaryKeyConstraint("tenant_id", "seq"),
+    sqlite_with_rowid=False,   # one B-tree: the outbox write touches as few pages as possible
+)
+
+event_sequences = Table(
+    "event_sequences", metadata,
+    Column("tenant_id", BigInteger(), primary_key=True, autoincrement=False),
+    Column("last_seq", BigInteger(), nullable=False),         # its row lock orders a tenant's outbox writes
+    Column("pruned_seq", BigInteger(), nullable=False),       # highest sequence removed by retention
+)
+
+app_api_keys = Table(
+    "app_api_keys", metadata,
+    Column("id", String(64), primary_key=True),               # "key_…"
+    Column("tenant_id", BigInteger(), nullable=True),         # NULL: a global key (every tenant)
+    Column("key_hash", String(128), nullable=False),          # hex SHA-256 of the key
+    Column("created", UtcDateTime(), nullable=False),
+    Column("revoked", UtcDateTime(), nullable=True),
+    Column("description", Text(), nullable=False),
+    UniqueConstraint("key_hash"),
+)
+
+webhook_endpoints = Table(
+    "webhook_endpoints", metadata,
+    Column("id", String(64), primary_key=True),               # "whk_…"
+    Column("tenant_id", BigInteger(), nullable=True),         # NULL: every tenant
+    Column("url", Text(), nullable=False),
+    Column("event_types", Text(), nullable=False),            # JSON list; [] means every type
+    Column("secret", Text(), nullable=False),                 # "whsec_…" (needed to sign: not hashable)
+    Column("previous_secret", Text(), nullable=True),         # still signs until previous_secret_expires
+    Column("previous_secret_expires", UtcDateTime(), nullable=True),
+    Column("created", UtcDateTime(), nullable=False),
+    Column("description", Text(), nullable=False),
+    Index(None, "tenant_id"),
+)
+
+webhook_cursors = Table(
+    "webhook_cursors", metadata,
+    Column("endpoint_id", String(64), ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False),
+    Column("tenant_id", BigInteger(), nullable=False),
+    Column("last_seq", BigInteger(), nullable=False),         # events up to here are fanned out
+    PrimaryKeyConstraint("endpoint_id", "tenant_id"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries", metadata,
+    Column("id", big_pk(), primary_key=True, autoincrement=True),
+    Column("endpoint_id", String(64), ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False),
+    Column("tenant_id", BigInteger(), nullable=False),
+    Column("seq", BigInteger(), nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("resource_id", ctext(64), nullable=False),
+    Column("status", String(16), nullable=False),             # pending | delivered | dead
+    Column("attempts", Integer(), nullable=False),
+    Column("next_attempt", UtcDateTime(), nullable=False),
+    Column("lease_until", UtcDateTime(), nullable=True),
+    Column("created", UtcDateTime(), nullable=False),         # queued; from the first attempt: retry window start
+    Column("delivered", UtcDateTime(), nullable=True),
+    Column("last_status", Integer(), nullable=True),
+    Column("last_error", Text(), nullable=True),
+    UniqueConstraint("endpoint_id", "tenant_id", "seq"),
+    Index(None, "status", "next_attempt"),
+    Index(None, "endpoint_id", "tenant_id", "resource_id", "seq"),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts", metadata,
+    Column("id", big_pk(), primary_key=True, autoincrement=True),
+    Column("delivery_id", big_pk(), ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("status_code", Integer(), nullable=True),
+    Column("error", Text(), nullable=True),
+    Column("duration_ms", Float(), nullable=False),
+    Index(None, "delivery_id"),
+)
+
+EVENT_TABLES = (events, event_sequences, app_api_keys, webhook_endpoints, webhook_cursors, webhook_deliveries,
+                webhook_attempts)
