@@ -360,6 +360,10 @@ def test_sql_injection_is_inert(tight: tuple[Proc, Tenant, Tenant]) -> None:
         after_a, after_b = ca.get("/Users").json()["totalResults"], cb.get("/Users").json()["totalResults"]
         assert (after_a, after_b) == (before_a, before_b)
         assert ca.get("/Users", params={"filter": 'userName eq "sqli-victim"'}).json()["totalResults"] == 1
-    assert _status_of(srv, a, a.token) == 200           # the tokens table is intact
+    status = _status_of(srv, a, a.token)
+    while status == 429:                                # the tight rate limit: wait it out, then ask again
+        time.sleep(BURST / RPS)
+        status = _status_of(srv, a, a.token)
+    assert status == 200                                # the tokens table is intact
     report("SQL injection", filters=len(INJECT_FILTERS) * 2, names=len(INJECT_NAMES) * 4, outcomes=dict(outcomes),
            data="unchanged")

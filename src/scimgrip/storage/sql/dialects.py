@@ -143,3 +143,32 @@ def with_retries(fn: Callable[[], T], attempts: int = 8) -> T:
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
     raise AssertionError("unreachable")
+
+
+class Transactions:
+    """Transaction plumbing shared by every SQL store on one engine: reads (autocommit on PostgreSQL, saving
+    the BEGIN/COMMIT round trips) and writes (``BEGIN IMMEDIATE`` on SQLite), both retried on lock and
+    serialization errors."""
+
+    engine: Engine
+    _reader: Engine
+
+    def _init_transactions(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT") \
+            if self.dialect == "postgresql" else engine
+
+    def _read(self, fn: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self._reader.connect() as conn, conn.begin():
+                return fn(conn)
+        return with_retries(run)
+
+    def _write(self, fn: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self.engine.connect() as conn:
+                conn.execution_options(**WRITE)
+                with conn.begin():
+                    return fn(conn)
+        return with_retries(run)

@@ -68,7 +68,7 @@ from scimgrip.engine.state import (
     job_id_of,
     parse_reset_scope,
 )
-from scimgrip.storage.sql.dialects import WRITE, make_engine, with_retries
+from scimgrip.storage.sql.dialects import Transactions, make_engine
 from scimgrip.storage.sql.engine_tables import (
     engine_escrow,
     engine_jobs,
@@ -155,16 +155,13 @@ _NO_QUARANTINE: dict[str, Any] = {"quarantine_reason": None, "quarantine_since":
                                   "quarantine_email_reason": None, "quarantine_error": None}
 
 
-class SqlEngineStore(EngineStore):
+class SqlEngineStore(Transactions, EngineStore):
     """Engine state in the scimgrip database (SQLite or PostgreSQL). Thread-safe."""
 
     def __init__(self, engine: Engine, *, url: str | None = None, owns_engine: bool = False) -> None:
-        self.engine = engine
+        self._init_transactions(engine)
         self.url = url if url is not None else engine.url.render_as_string(hide_password=True)
-        self.dialect = engine.dialect.name
         self._owns_engine = owns_engine
-        self._reader: Engine = engine.execution_options(isolation_level="AUTOCOMMIT") \
-            if self.dialect == "postgresql" else engine
 
     @classmethod
     def from_storage(cls, storage: Any) -> SqlEngineStore:
@@ -179,20 +176,6 @@ class SqlEngineStore(EngineStore):
     def close(self) -> None:
         if self._owns_engine:
             self.engine.dispose()
-
-    def _read(self, fn: Callable[[Connection], T]) -> T:
-        def run() -> T:
-            with self._reader.connect() as conn, conn.begin():
-                return fn(conn)
-        return with_retries(run)
-
-    def _write(self, fn: Callable[[Connection], T]) -> T:
-        def run() -> T:
-            with self.engine.connect() as conn:
-                conn.execution_options(**WRITE)
-                with conn.begin():
-                    return fn(conn)
-        return with_retries(run)
 
     def _resolve(self, job: JobRef) -> int:
         """A job id from an id, a :class:`Job`, or a job name (one indexed lookup; :class:`JobNotFound`)."""

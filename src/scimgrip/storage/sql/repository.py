@@ -55,7 +55,7 @@ from scimgrip.storage.base import (
     Tenant,
     TokenRecord,
 )
-from scimgrip.storage.sql.dialects import WRITE, make_engine, with_retries
+from scimgrip.storage.sql.dialects import Transactions, make_engine
 from scimgrip.storage.sql.events_store import append_events, purge_tenant
 from scimgrip.storage.sql.filters import CORE_URNS, FilterContext, as_text, compile_filter, fold, mentions
 from scimgrip.storage.sql.tables import (
@@ -330,34 +330,16 @@ def _integrity_error(exc: IntegrityError, *, user_name: str | None = None, what:
 # ---------------------------------------------------------------------------------------------------------------
 # the backend
 # ---------------------------------------------------------------------------------------------------------------
-class SqlStorage(Storage):
+class SqlStorage(Transactions, Storage):
     """SQLite/PostgreSQL storage. Thread-safe: every call checks a connection out of the engine's pool."""
 
     def __init__(self, url: str, engine: Engine | None = None) -> None:
         self.url = url
-        self.engine = engine if engine is not None else make_engine(url)
-        self.dialect = self.engine.dialect.name
-        # PostgreSQL reads run in autocommit: no BEGIN/COMMIT round trips (psycopg sets this client-side)
-        self._reader: Engine = self.engine.execution_options(isolation_level="AUTOCOMMIT") \
-            if self.dialect == "postgresql" else self.engine
+        self._init_transactions(engine if engine is not None else make_engine(url))
 
     # -- plumbing ----------------------------------------------------------------------------------------------
     def close(self) -> None:
         self.engine.dispose()
-
-    def _read(self, fn: Callable[[Connection], T]) -> T:
-        def run() -> T:
-            with self._reader.connect() as conn, conn.begin():
-                return fn(conn)
-        return with_retries(run)
-
-    def _write(self, fn: Callable[[Connection], T]) -> T:
-        def run() -> T:
-            with self.engine.connect() as conn:
-                conn.execution_options(**WRITE)
-                with conn.begin():
-                    return fn(conn)
-        return with_retries(run)
 
     def _insert_ignore(self, *args: Any) -> Any:
         """``INSERT INTO group_members (cols) SELECT … ON CONFLICT DO NOTHING RETURNING member_id``."""
