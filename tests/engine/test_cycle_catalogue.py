@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from scimgrip.engine.config import load_job_config
-from scimgrip.engine.cycle import CycleReport, Engine
+from scimgrip.engine.cycle import CycleReport, Engine, reconcile
 from scimgrip.engine.model import Assignments, ChangeSet, Source, SourceObject
 from scimgrip.engine.notify import SmtpNotifier
 from scimgrip.engine.state import Escrow, Link
@@ -681,3 +681,57 @@ def test_cyc_9_manager_enters_scope_later(job: Job) -> None:
     boss = link_of(job, "User", f"{tag}-m").target_id
     assert target_user(job, f"worker.{tag}@example.com")[ENT]["manager"]["value"] == boss
     assert job.store.count_pending_refs("job") == 0
+
+
+# -- reconcile (what Entra lacks, QA-DRIFT) ---------------------------------------------------------------------
+PATCHOP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+
+def _admin_client(job: Job) -> httpx.Client:
+    return httpx.Client(base_url=job.faulty.url, headers={"Authorization": f"Bearer {job.faulty.token}",
+                                                          "Content-Type": "application/scim+json"})
+
+
+def test_reconcile_reports_and_repairs_drift(job: Job) -> None:
+    ids = users_job(job, 3)
+    gid = f"g-{uid()}"
+    job.source.group(gid, f"Reconcile {gid}", ids)
+    job.run()
+    u0 = link_of(job, "User", ids[0])
+    u1 = link_of(job, "User", ids[1])
+    g = link_of(job, "Group", gid)
+    gone = link_of(job, "User", ids[2])
+    orphan = create_on_target(job, {"userName": f"orphan-{uid()}@example.com"})
+    with _admin_client(job) as c:
+        # someone edits the target behind the engine's back
+        assert c.patch(f"/Users/{u0.target_id}", json={"schemas": [PATCHOP], "Operations": [
+            {"op": "replace", "path": "displayName", "value": "Changed At Target"}]}).status_code == 200
+        assert c.patch(f"/Groups/{g.target_id}", json={"schemas": [PATCHOP], "Operations": [
+            {"op": "remove", "path": f'members[value eq "{u1.target_id}"]'},
+            {"op": "add", "path": "members", "value": [{"value": orphan}]}]}).status_code == 204
+        assert c.delete(f"/Users/{gone.target_id}").status_code == 204
+
+    engine = job.build()
+    drifts = [d for d in reconcile(engine) if d.target_id in {u0.target_id, g.target_id, gone.target_id, orphan}]
+    kinds = sorted((d.kind, d.target_id) for d in drifts)
+    assert kinds == sorted([("attribute", u0.target_id), ("member_missing", g.target_id),
+                            ("member_extra", g.target_id), ("missing", gone.target_id), ("orphan", orphan)])
+    attr = next(d for d in drifts if d.kind == "attribute")
+    assert attr.path == "displayName" and attr.actual == "Changed At Target"
+    assert not any(d.repaired for d in drifts)
+
+    engine = job.build()
+    repaired = [d for d in reconcile(engine, repair=True)
+                if d.target_id in {u0.target_id, g.target_id, gone.target_id, orphan}]
+    assert all(d.repaired for d in repaired if d.kind != "orphan")
+    assert target_user(job, u0.exported["userName"])["displayName"] == u0.exported["displayName"]
+    with _admin_client(job) as c:
+        members = {m["value"] for m in c.get(f"/Groups/{g.target_id}").json()["members"]}
+    assert u1.target_id in members and orphan not in members
+    assert job.store.get_link("job", "User", ids[2]) is None     # the next cycle matches or re-creates it
+    job.run()
+    assert link_of(job, "User", ids[2]).target_id != gone.target_id
+
+    engine = job.build()
+    left = [d for d in reconcile(engine) if d.target_id in {u0.target_id, g.target_id, orphan}]
+    assert [(d.kind, d.target_id) for d in left] == [("orphan", orphan)]

@@ -340,6 +340,8 @@ def test_cli_job_sync_logs(server: Server, tmp_path: Path) -> None:
     assert len(change_ids) == len(set(change_ids))
     status = json.loads(scimgrip("job", "status", "hr", "--json", database=db).stdout)
     assert status["status"] == "Active" and status["users"] == len(exp.users)
+    drift = scimgrip("sync", "hr", "--reconcile", "--json", database=db)
+    assert drift.returncode == 0 and json.loads(drift.stdout) == [], drift.stdout + drift.stderr
 
 
 def test_sigkill_mid_initial_cycle_then_rerun(server: Server, tmp_path: Path) -> None:

@@ -261,9 +261,30 @@ def sync(job: str, database: DatabaseOpt = None,
          once: Annotated[bool, typer.Option("--once", help="Run one cycle and exit.")] = False,
          dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only: send nothing but GETs.")] = False,
          initial: Annotated[bool, typer.Option("--initial", help="Force an initial (full) cycle.")] = False,
+         reconcile_: Annotated[bool, typer.Option(
+             "--reconcile", help="Read the target back and report drift from what was provisioned.")] = False,
+         repair: Annotated[bool, typer.Option("--repair", help="With --reconcile: repair the drift.")] = False,
          json_: JsonOpt = False, quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
     """Run the job's cycles on its schedule (Ctrl-C: the running cycle finishes, then it stops; CYC-6)."""
     store = _store(database)
+    if reconcile_:
+        from scimgrip.engine.cycle import reconcile
+
+        try:
+            engine = build_engine(store, job, dry_run=dry_run)
+            drifts = reconcile(engine, repair=repair)
+        finally:
+            store.close()
+        if json_:
+            print(json.dumps([d.as_dict() for d in drifts], default=str))
+        else:
+            table = Table("kind", "object", "source", "target", "detail", "repaired",
+                          title=f"drift of job {job}: {len(drifts)} findings")
+            for d in drifts:
+                table.add_row(d.kind, d.object_type, d.source_id or "", d.target_id, d.detail,
+                              "yes" if d.repaired else "")
+            out.print(table)
+        raise typer.Exit(code=0 if not drifts or repair else 4)
     stop = {"requested": False}
 
     def on_signal(signum: int, frame: Any) -> None:

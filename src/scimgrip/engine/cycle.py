@@ -1153,3 +1153,96 @@ def obj_with(obj: SourceObject, attrs: Mapping[str, Any]) -> SourceObject:
 def chunked(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+@dataclass
+class Drift:
+    """One difference between what the engine last exported and what the target holds (reconcile)."""
+
+    kind: str                  # attribute | missing | member_missing | member_extra | orphan
+    object_type: str
+    source_id: str | None
+    target_id: str
+    detail: str
+    path: str | None = None
+    expected: Any = None
+    actual: Any = None
+    repaired: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "object_type": self.object_type, "source_id": self.source_id,
+                "target_id": self.target_id, "path": self.path, "expected": self.expected,
+                "actual": self.actual, "detail": self.detail, "repaired": self.repaired}
+
+
+def reconcile(engine: Engine, *, repair: bool = False) -> list[Drift]:
+    """Read the target back and compare it with the connector data store (what Entra lacks: QA-DRIFT).
+
+    Reports attributes changed at the target, linked objects missing at the target, missing or extra group
+    members, and orphan accounts (target objects no link points to). With ``repair``, PATCHes the exported values
+    back and re-syncs memberships; missing objects lose their link so the next cycle matches or re-creates them;
+    orphans are only reported (they may belong to another provisioning client).
+    """
+    from scimgrip.engine.target import TargetError
+
+    engine._job()
+    drifts: list[Drift] = []
+    gone: set[str] = set()      # linked targets that no longer exist (reported once, as "missing")
+    for object_type in ("User", "Group"):
+        links = {link.target_id: link for link in engine.store.iter_links(engine.name, object_type)
+                 if link.target_id and link.state != "deleted"}
+        attributes = None if object_type == "User" else "id,displayName,externalId,members"
+        seen: set[str] = set()
+        for resource in engine.target.list_all(object_type, attributes=attributes):
+            tid = str(resource.get("id"))
+            seen.add(tid)
+            link = links.get(tid)
+            if link is None:
+                name = resource.get("userName") or resource.get("displayName") or tid
+                drifts.append(Drift("orphan", object_type, None, tid, f"{object_type} {name} is not linked to "
+                                    "any source object"))
+                continue
+            ops: list[dict[str, Any]] = []
+            for path, expected in link.exported.items():
+                if path.startswith("__") or path == "members":
+                    continue
+                actual = value_at(resource, path, object_type)
+                if path == MANAGER_PATH and isinstance(actual, dict):
+                    actual = actual.get("value")
+                same = (actual == expected) or (isinstance(actual, str) and isinstance(expected, str)
+                                                and actual.lower() == expected.lower() and path != "externalId")
+                if not same:
+                    drifts.append(Drift("attribute", object_type, link.source_id, tid,
+                                        f"{path} differs at the target", path, expected, actual))
+                    value = {"value": expected} if path == MANAGER_PATH else expected
+                    ops.append({"op": "replace", "path": path, "value": value})
+            member_drift: tuple[list[str], list[str]] = ([], [])
+            if object_type == "Group" and "members" in link.exported:
+                want = set(link.exported.get("members") or [])
+                have = {m.get("value") for m in resource.get("members") or [] if isinstance(m, dict)}
+                missing, extra = sorted(want - have - gone), sorted(str(x) for x in have - want)
+                for m in missing:
+                    drifts.append(Drift("member_missing", "Group", link.source_id, tid, f"member {m} missing"))
+                for m in extra:
+                    drifts.append(Drift("member_extra", "Group", link.source_id, tid, f"unexpected member {m}"))
+                member_drift = (missing, extra)
+            if repair and not engine.dry_run:
+                try:
+                    if ops:
+                        engine.target.patch(object_type, tid, ops)
+                    if member_drift[0] or member_drift[1]:
+                        engine.target.update_members(tid, member_drift[0], member_drift[1])
+                    for d in drifts:
+                        if d.target_id == tid:
+                            d.repaired = True
+                except TargetError as exc:
+                    log.warning("reconcile could not repair %s %s: %s", object_type, tid, exc)
+        for tid, link in links.items():
+            if tid not in seen:
+                gone.add(tid)
+                drifts.append(Drift("missing", object_type, link.source_id, tid,
+                                    f"linked {object_type} is missing at the target"))
+                if repair and not engine.dry_run:
+                    engine.store.delete_link(engine.name, object_type, link.source_id)
+                    drifts[-1].repaired = True
+    return drifts
