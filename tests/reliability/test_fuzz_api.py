@@ -12,6 +12,7 @@ Size: ``SCIMGRIP_FUZZ_SCALE`` (see ``fuzzkit``).
 
 from __future__ import annotations
 
+import os
 import time
 import zlib
 from collections.abc import Iterator
@@ -117,6 +118,11 @@ def _track(api: Api, case: Any, response: Any) -> None:
             api.ids[kind].remove(rid)
 
 
+# CI runs a fixed sequence of cases so the gate is stable; SCIMGRIP_FUZZ_RANDOM=1 explores new ones (a random run
+# found the 500 on `If-Match: ³` — "³".isdigit() is True — now a regression case in tests/scim).
+DERANDOMIZE = os.environ.get("SCIMGRIP_FUZZ_RANDOM", "") not in ("1", "true", "yes")
+
+
 def _operations(api: Api) -> list[Any]:
     return [r.ok() for r in api.schema.get_all_operations()]
 
@@ -126,7 +132,8 @@ def _label(op: Any) -> str:
 
 
 def _fuzz_operation(api: Api, op: Any, mode: GenerationMode, n: int) -> None:
-    @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+              derandomize=DERANDOMIZE)
     @given(case=op.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
         api.cases += 1
@@ -192,7 +199,7 @@ def test_schemathesis_stateful(request: pytest.FixtureRequest, api: Api) -> None
 
     n = examples(10 if request.node.callspec.id == "sqlite" else 4)
     Machine.run(settings=settings(max_examples=n, stateful_step_count=8, deadline=None, database=None,
-                                  suppress_health_check=list(HealthCheck)))
+                                  suppress_health_check=list(HealthCheck), derandomize=DERANDOMIZE))
     report(request, f"schemathesis stateful ({request.node.callspec.id}): {n} scenarios, {counter['calls']} calls "
                     f"in {time.perf_counter() - started:.1f}s")
     assert counter["calls"] > 0

@@ -129,3 +129,8 @@ def test_wants_members() -> None:
 
 def test_etags() -> None:
     assert etag(5) == 'W/"5"' and parse_etag('W/"5"') == 5 and parse_etag('"5"') == 5 and parse_etag("x") is None
+
+
+def test_etag_with_non_ascii_digits_is_not_a_version() -> None:
+    # found by schemathesis: `If-Match: ³` gave a 500 ("³".isdigit() is True, int("³") raises)
+    assert parse_etag("³") is None and parse_etag('W/"²"') is None and parse_etag("٣") is None

@@ -784,7 +784,11 @@ class Engine:
                 again = self._match(rec, obj, object_type, om, desired)
                 if again is not None:
                     return self._update(rec, obj, object_type, om, desired, again)
-                created = self._post(rec, object_type, body)
+                # not visible yet: the target may still be applying it (a slow answer past our timeout), and a
+                # second POST now could create a duplicate where nothing unique forbids it (group displayName).
+                # Escrow instead; the next attempt matches first.
+                raise _Escrowable("Timeout", f"POST outcome unknown ({exc.detail}); no match yet — matched "
+                                  "again before any retry") from exc
         except TargetError as exc:
             if exc.status != 409:
                 raise

@@ -237,4 +237,4 @@ def parse_etag(text: str) -> int | None:
     if t.startswith("W/"):
         t = t[2:]
     t = t.strip('"')
-    return int(t) if t.isdigit() else None
+    return int(t) if t.isascii() and t.isdigit() else None   # "³".isdigit() is True; int("³") fails

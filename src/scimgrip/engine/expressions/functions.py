@@ -957,14 +957,15 @@ def _expand_dotnet_replacement(template: str, match: re.Match[str]) -> str:
         elif nxt == "{":
             j = template.find("}", i + 2)
             name = template[i + 2 : j] if j > 0 else ""
-            key: str | int | None = int(name) if name.isdigit() else name if name in match.re.groupindex else None
+            numeric = name.isascii() and name.isdigit()
+            key: str | int | None = int(name) if numeric else name if name in match.re.groupindex else None
             if j > 0 and key is not None and (not isinstance(key, int) or key <= match.re.groups):
                 out.append(match.group(key) or "")
                 i = j + 1
             else:
                 out.append(c)
                 i += 1
-        elif nxt.isdigit():
+        elif nxt.isascii() and nxt.isdigit():
             j = i + 1
             while j < n and template[j].isdigit() and int(template[i + 1 : j + 1]) <= match.re.groups:
                 j += 1
