@@ -318,15 +318,6 @@ def test_custom_extension_targets_are_accepted() -> None:
     assert job.users.attribute_mappings[1].target.endswith(":badge")
 
 
-def _expressions_available() -> bool:
-    try:
-        from scimgrip.engine.expressions import parse_expression  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _expressions_available(), reason="expression language not available yet")
 def test_expression_syntax_error_at_its_column() -> None:
     text = USERS + ("    attribute_mappings:\n"
                     "      - {target: userName, source: userPrincipalName, matching_priority: 1}\n"
