@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     auth_failure_delay_seconds: float = 1.0  # ... then 429 + Retry-After, answered after this delay
     body_timeout_seconds: float = 30.0       # a request body must arrive within this time (408)
     max_header_bytes: int = 16_384           # request line + headers (431/400)
+    # web console and SSO sessions (web/config.py)
+    cookie_secure: bool | None = None        # None: Secure unless public_url is http://127.0.0.1 or localhost
+    session_idle_minutes: float = 30.0       # a session unused this long ends
+    session_absolute_hours: float = 12.0     # a session ends this long after sign-in, used or not
+    setup_link_hours: float = 72.0           # lifetime of an IT admin's one-time setup link
 
     def limits(self) -> Limits:
         return Limits(

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from scimgrip.cli.admin import admin_app
 from scimgrip.cli.backup import register as register_backup_commands
 from scimgrip.cli.engine import register as register_engine_commands
 from scimgrip.cli.events import apikey_app, events_app, webhook_app
@@ -36,6 +37,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(events_app, name="events")
 app.add_typer(webhook_app, name="webhook")
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(admin_app, name="admin")
 register_engine_commands(app)
 register_backup_commands(tenant_app, db_app)   # tenant export|import, db backup (cli/backup.py)
 

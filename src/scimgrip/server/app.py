@@ -47,6 +47,7 @@ from scimgrip.service.bulk import run_bulk
 from scimgrip.service.scim import Preconditions, Reply, ScimService
 from scimgrip.storage.base import Storage, Tenant
 from scimgrip.tenancy.service import TenantService, tenant_url, utcnow
+from scimgrip.web.install import install_web
 
 log = logging.getLogger("scimgrip.server")
 
@@ -330,6 +331,7 @@ def create_app(storage: Storage, config: ServerConfig | None = None) -> Starlett
     app = Starlette(routes=scim.routes(), exception_handlers=handlers, lifespan=lifespan)
     app.state.scim = scim
     install_events(app, storage)   # events API + webhook dispatcher (docs/events.md)
+    install_web(app, storage, scim.config)   # console, SSO, end-user pages (docs/console.md)
     app.add_middleware(GuardMiddleware, guard=scim.guard)
     app.add_middleware(NormalizePath)
     return app

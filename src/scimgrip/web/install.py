@@ -1,0 +1,38 @@
+"""Mount the browser-facing parts into the SCIM application: ``/console`` (operators and IT admins), and ``/``
+redirecting to it. Each part is a sub-application with its own HTML error pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+
+from scimgrip.console.app import Console
+from scimgrip.console.pages import Pages
+from scimgrip.storage.base import Storage
+from scimgrip.storage.sql.engine_store import SqlEngineStore
+from scimgrip.storage.sql.web_store import WebStore
+from scimgrip.web.config import WebConfig
+from scimgrip.web.sessions import SessionManager
+
+
+def install_web(app: Starlette, storage: Storage, server_config: Any, web: WebConfig | None = None) -> None:
+    """Add the console (and the root redirect) to ``app``; ``server_config`` gives the public URL."""
+    config = web or WebConfig.from_settings(public_url=getattr(server_config, "public_url", None))
+    store = WebStore(storage)
+    sessions = SessionManager(store, config)
+    pages = Pages(storage, store, sessions, config)
+    console = Console(pages, SqlEngineStore.from_storage(storage))
+
+    async def root(request: Request) -> Response:
+        return RedirectResponse("/console", status_code=307)
+
+    app.router.routes.extend([
+        Route("/", root, methods=["GET", "HEAD"]),
+        Route("/console", console.home, methods=["GET", "HEAD"]),
+        Mount("/console", app=console.app()),
+    ])
+    app.state.web_sessions = sessions
