@@ -13,16 +13,22 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "scimgrip"
 # package -> scimgrip packages and third-party modules it must not import
 FORBIDDEN: dict[str, set[str]] = {
     "scim": {"scimgrip.storage", "scimgrip.service", "scimgrip.server", "scimgrip.tenancy", "scimgrip.cli",
+             "scimgrip.console", "scimgrip.web", "scimgrip.sso", "jinja2",
              "sqlalchemy", "starlette", "uvicorn", "alembic", "psycopg", "typer", "httpx", "socket", "sqlite3"},
     "storage": {"scimgrip.service", "scimgrip.server", "scimgrip.tenancy", "scimgrip.cli", "starlette",
+                "scimgrip.console", "scimgrip.web",
                 "scimgrip.events.api", "scimgrip.events.dispatcher", "scimgrip.events.sdk"},  # only events.outbox
-    "tenancy": {"scimgrip.service", "scimgrip.server", "scimgrip.cli", "starlette", "sqlalchemy"},
-    "service": {"scimgrip.server", "scimgrip.cli", "starlette", "sqlalchemy"},
+    "tenancy": {"scimgrip.service", "scimgrip.server", "scimgrip.cli", "starlette", "sqlalchemy", "scimgrip.console",
+                "scimgrip.web"},
+    "service": {"scimgrip.server", "scimgrip.cli", "starlette", "sqlalchemy", "scimgrip.console", "scimgrip.web"},
     "server": {"scimgrip.cli", "sqlalchemy"},
     "events": {"scimgrip.server", "scimgrip.cli", "scimgrip.service"},
     # the engine is a SCIM *client*: it talks HTTP to any server and keeps its state behind engine.state
     "engine": {"scimgrip.server", "scimgrip.service", "scimgrip.tenancy", "scimgrip.cli", "scimgrip.storage",
-               "scimgrip.events", "starlette", "sqlalchemy", "uvicorn"},
+               "scimgrip.events", "starlette", "sqlalchemy", "uvicorn", "scimgrip.console", "scimgrip.web"},
+    # browser-facing HTTP layer: reads services, storage, tenancy, engine state; SQL stays in storage/sql
+    "console": {"scimgrip.cli", "scimgrip.server", "sqlalchemy"},
+    "web": {"scimgrip.cli", "sqlalchemy"},
 }
 
 

@@ -36,10 +36,11 @@ def user_filter(q: str, status: str) -> str | None:
         parts.append(f"(userName co {lit} or displayName co {lit} or name.formatted co {lit} or "
                      f"name.givenName co {lit} or name.familyName co {lit} or emails.value co {lit} or "
                      f"externalId eq {lit})")
+    # a user without "active" counts as active (RFC 7643 §4.1.1 leaves the default to the provider)
     if status == "active":
-        parts.append("active eq true")
+        parts.append("not (active eq false)")
     elif status == "disabled":
-        parts.append("not (active eq true)")
+        parts.append("active eq false")
     return " and ".join(parts) or None
 
 
@@ -113,6 +114,20 @@ class DirectoryViews:
         return self.pages.render(ctx, "user.html", user=body, raw=orjson.dumps(body, option=orjson.OPT_INDENT_2)
                                  .decode(), history=history)
 
+    def _with_names(self, ctx: Ctx, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The page's members with userName / displayName, read in one search per resource type."""
+        assert ctx.tenant is not None
+        names: dict[str, str] = {}
+        for rt, attr in (("User", "userName"), ("Group", "displayName")):
+            ids = [m["value"] for m in members if (m.get("type") or "User") == rt]
+            if not ids:
+                continue
+            flt = " or ".join(f"id eq {_literal(i)}" for i in ids)
+            params = parse_list_params({"filter": flt, "count": len(ids), "attributes": attr}, self.service.limits)
+            body = self.service.query(ctx.tenant, rt, params, self._base(ctx)).body or {}
+            names.update({r["id"]: r.get(attr, "") for r in body.get("Resources", [])})
+        return [{**m, "name": names.get(m["value"], m.get("display") or m["value"])} for m in members]
+
     def group(self, ctx: Ctx) -> Response:
         assert ctx.tenant is not None
         rid = ctx.request.path_params["id"]
@@ -122,7 +137,7 @@ class DirectoryViews:
             return self.pages.error(ctx, 404, "Not found", "There is no such group in this tenant.")
         members = body.get("members") or []
         start = _int(ctx.query("start"), 1)
-        shown = members[start - 1:start - 1 + MEMBERS_PAGE]
+        shown = self._with_names(ctx, members[start - 1:start - 1 + MEMBERS_PAGE])
         page = {"items": shown, "total": len(members), "start": start,
                 "prev": max(1, start - MEMBERS_PAGE) if start > 1 else None,
                 "next": start + MEMBERS_PAGE if start + MEMBERS_PAGE <= len(members) else None}
