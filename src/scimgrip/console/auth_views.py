@@ -100,6 +100,7 @@ class AuthViews:
         except InvalidValue as exc:
             return self.pages.render(ctx, "setup.html", status=400, setup_tenant=tenant, email=email,
                                      error=exc.detail)
+        self.pages.store.note_login(account.id)
         response = RedirectResponse(f"/console/t/{quote(tenant.name)}", status_code=303)
         self.pages.sessions.start(ctx.request, response, "console", TENANT_ADMIN, account_id=account.id,
                                   tenant_id=tenant.id, data={"email": account.email})

@@ -56,11 +56,12 @@ def stacked_bars(title: str, labels: Sequence[str], series: Sequence[Series], *,
     bar_w = max(slot * 0.72, 1.0)
     parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
              f'preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg">']
-    for frac in (0.0, 0.5, 1.0):        # grid lines with their values
+    for frac in (0.0, 0.5, 1.0):        # grid lines; values only where they are whole numbers
         y = top + plot_h * (1 - frac)
         parts.append(f'<line class="grid" x1="{left}" x2="{width}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        parts.append(f'<text class="axis" x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">'
-                     f'{round(peak * frac)}</text>')
+        value = peak * frac
+        if value == int(value):
+            parts.append(f'<text class="axis" x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{int(value)}</text>')
     for i in range(n):
         x = left + i * slot + (slot - bar_w) / 2
         y = top + plot_h
