@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from scimgrip.scim.errors import NotFound, ScimError, Uniqueness
+from scimgrip.scim.errors import ScimError, Uniqueness
 from scimgrip.scim.filter import parse_and_bind
 from scimgrip.scim.schema import DEFAULT_REGISTRY
 from scimgrip.service.scim import ScimService
@@ -104,6 +104,6 @@ def is_user_active(storage: Storage, tenant_id: int, user_id: str) -> bool:
     """For the web layer's per-request check: False once the user is deleted or deactivated over SCIM."""
     try:
         user = storage.get(tenant_id, "User", user_id, include_groups=False)
-    except NotFound:
+    except ScimError:       # NotFound, or an id no backend could hold
         return False
     return user.doc.get("active") is not False
