@@ -207,6 +207,7 @@ def test_state_mismatch_error_response_and_stale_pending(oidc_provider: MockOidc
         rp.complete({"state": pending["state"], "error": "access_denied",
                      "error_description": "The user cancelled"}, pending)
     assert reason(exc) == "idp_error" and "access_denied" in exc.value.message
+    assert "cancelled" not in exc.value.message                  # provider text is not echoed onto our page
     late = OidcRelyingParty(rp.settings, http, cache=rp.cache, clock=lambda: time.time() + 601)
     with pytest.raises(SsoError) as exc:
         late.complete(params, pending)

@@ -20,6 +20,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import threading
 import time
@@ -210,9 +211,10 @@ class OidcRelyingParty:
         if not isinstance(created, int | float) or self.clock() - created > PENDING_MAX_AGE_SECONDS:
             raise SsoError("expired", "the sign-in took too long; please start again")
         if params.get("error"):
-            code = str(params["error"])[:64]
-            description = str(params.get("error_description") or "")[:300]
-            raise SsoError("idp_error", f"the identity provider refused the sign-in ({code}) {description}".strip())
+            # only a well-formed error code is echoed: error_description is attacker-controllable page text
+            error = str(params["error"])
+            shown = f" ({error})" if re.fullmatch(r"[a-z_]{1,64}", error) else ""
+            raise SsoError("idp_error", f"the identity provider refused the sign-in{shown}")
         code = params.get("code")
         if not code:
             raise SsoError("bad_response", "the identity provider sent no authorization code")
@@ -225,7 +227,7 @@ class OidcRelyingParty:
         """Token request (Core §3.1.3.1) with the PKCE verifier; client authentication as discovery allows."""
         data = {"grant_type": "authorization_code", "code": code, "redirect_uri": str(pending.get("redirect_uri")),
                 "code_verifier": str(pending.get("code_verifier")), "client_id": self.settings.client_id}
-        auth: httpx.BasicAuth | None = None
+        auth: httpx.Auth = httpx.Auth()          # no client authentication: a public client (PKCE only)
         secret = self.settings.client_secret
         if secret:
             methods = meta.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
