@@ -110,6 +110,7 @@ class MockOidcProvider:
         self.codes: dict[str, dict[str, Any]] = {}
         self.token_requests: list[dict[str, Any]] = []   # {"auth": "basic"|"post"|"none", "client_id": …}
         self.jwks_fetches = 0
+        self.discovery_fetches = 0
         self.lock = threading.Lock()
         self._server = _Server(Starlette(routes=[
             Route("/{tenant}/v2.0/.well-known/openid-configuration", self._discovery),
@@ -192,6 +193,8 @@ class MockOidcProvider:
     # -- endpoints ---------------------------------------------------------------------------------------------
     async def _discovery(self, request: Request) -> Response:
         tenant = request.path_params["tenant"]
+        with self.lock:
+            self.discovery_fetches += 1
         issuer = self.issuer_template if tenant in ("organizations", "common") else self.issuer_for(tenant)
         return JSONResponse({
             "issuer": issuer, "authorization_endpoint": f"{self.base_url}/authorize",

@@ -73,9 +73,10 @@ def test_round_trip_and_public_view(storage: Storage, entra_metadata: str) -> No
     ({"link_claim": "mail", "link_attribute": "userName"}, "e-mail"),
     ({"link_attribute": "emails"}, "link attribute"),
     ({"discovery_url": "ftp://x/y"}, "https"),
+    ({"discovery_url": "http://login.example.com/.well-known/openid-configuration"}, "https"),
     ({"client_id": " "}, "client id"),
     ({"scopes": "profile email"}, "openid"),
-], ids=["email", "mail", "emails-attribute", "bad-url", "no-client-id", "no-openid-scope"])
+], ids=["email", "mail", "emails-attribute", "bad-url", "plain-http", "no-client-id", "no-openid-scope"])
 def test_invalid_oidc_settings_are_refused(storage: Storage, oidc: dict[str, Any], message: str) -> None:
     tenant = storage.create_tenant("contoso")
     base: dict[str, Any] = {"discovery_url": DISCOVERY, "client_id": "app"}

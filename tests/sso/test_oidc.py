@@ -3,6 +3,8 @@ and every refusal of OpenID Connect Core §3.1.3.7 with its reason."""
 
 from __future__ import annotations
 
+import html
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -156,6 +158,21 @@ def test_signing_key_rollover_refetches_the_jwks_once(http: httpx.Client) -> Non
         provider.rotate_key()
         assert login(rp, http)["aud"] == provider.client_id
         assert provider.jwks_fetches == 2
+        assert provider.discovery_fetches == 1           # one per hour per process, whatever the logins
+
+
+def test_interactive_provider_page_for_browsers(http: httpx.Client) -> None:
+    """The page the browser tests click through: a form with a "Sign in" button that posts back."""
+    with MockOidcProvider(interactive=True) as provider:
+        rp = make_rp(provider, http)
+        url, pending = rp.begin(REDIRECT)
+        page = http.get(url)
+        assert page.status_code == 200 and 'id=sign-in' in page.text
+        fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page.text))
+        answer = http.post(f"{provider.base_url}/authorize", data={k: html.unescape(v) for k, v in fields.items()})
+        assert answer.status_code == 302
+        params = {k: v[0] for k, v in parse_qs(urlsplit(answer.headers["location"]).query).items()}
+        assert rp.complete(params, pending)["preferred_username"] == provider.next_user["preferred_username"]
 
 
 # -- refusals --------------------------------------------------------------------------------------------------

@@ -103,6 +103,14 @@ def test_sp_initiated_login_through_the_idp_endpoint(saml_idp: SamlTestIdp, sp: 
 def test_idp_initiated_login(saml_idp: SamlTestIdp, sp: SamlServiceProvider, replay: MemoryReplay) -> None:
     login = sp.complete(respond(saml_idp, sp), None, replay=replay)
     assert login["name_id"] == "alice@contoso.test"
+    assert sp.client.users.cache._db == {}       # pysaml2 keeps no identity per login in the shared client
+
+
+def test_the_injected_clock_governs_the_time_checks(saml_idp: SamlTestIdp) -> None:
+    late = SamlServiceProvider(SamlSettings(idp_metadata_xml=saml_idp.metadata_xml()),
+                               sp_entity_id=f"{BASE}/metadata", acs_url=f"{BASE}/acs", metadata_url=f"{BASE}/metadata",
+                               clock=lambda: time.time() + 3600)
+    assert refused(late, respond(saml_idp, late)) == "expired"
 
 
 def test_response_signed_only_is_accepted_when_assertions_need_not_be(saml_idp: SamlTestIdp) -> None:

@@ -50,8 +50,10 @@ def _check_link(source: str, attribute: str, what: str) -> None:
 
 
 def _check_url(url: str, what: str) -> None:
+    """https; plain http only to a loopback host (a local test provider)."""
     parts = urlsplit(url or "")
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
         raise SsoError("invalid_config", f"{what} must be an absolute https URL")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+import contextlib
 import functools
 import hashlib
 import time
@@ -118,7 +119,7 @@ class SamlServiceProvider:
         location = dict(info["headers"])["Location"]
         return str(location), str(request_id)
 
-    def complete(self, saml_response_b64: str, expected_request_id: str | None, *,
+    def complete(self, saml_response_b64: str, expected_request_id: str | None,
                  replay: ReplayCache) -> dict[str, Any]:
         """Verify a posted ``SAMLResponse`` and return the login (see the module docstring for the checks)."""
         raw = self._decode(saml_response_b64)
@@ -157,6 +158,9 @@ class SamlServiceProvider:
             raise SsoError("bad_response", "the sign-in response could not be verified") from exc
         if response is None or response.assertion is None:
             raise SsoError("bad_response", "the sign-in response could not be verified")
+        # pysaml2 remembers every identity in the (shared, cached) client; our session is the web layer's
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            self.client.users.remove_person(response.name_id)
         return self._login(response, replay)
 
     # -- helpers -----------------------------------------------------------------------------------------------
