@@ -57,6 +57,16 @@ def test_preferred_username_and_nameid_link_to_user_name(storage: Storage, tenan
                         protocol="saml").id == uid
 
 
+def test_transient_nameid_never_links(storage: Storage, tenant: Tenant) -> None:
+    provision(storage, tenant, "alice@contoso.test")
+    login = {"name_id": "alice@contoso.test", "name_id_format": "urn:oasis:names:tc:SAML:2.0:nameid-format:transient",
+             "attributes": {}}
+    with pytest.raises(SsoError) as exc:
+        resolve_user(storage, tenant, login, link_claim="nameid", link_attribute="userName", jit=True,
+                     protocol="saml")
+    assert exc.value.reason == "not_provisioned" and "transient" in exc.value.message
+
+
 def test_filter_metacharacters_in_the_claim_are_data(storage: Storage, tenant: Tenant) -> None:
     provision(storage, tenant, "alice@contoso.test", "x")
     with pytest.raises(SsoError) as exc:

@@ -181,6 +181,20 @@ def test_in_response_to_must_match_the_request(saml_idp: SamlTestIdp, sp: SamlSe
     assert refused(sp, respond(saml_idp, sp), request_id) == "bad_state"
 
 
+def test_stripped_envelope_in_response_to_does_not_make_it_unsolicited(saml_idp: SamlTestIdp) -> None:
+    """Only the assertion signed: removing the envelope's InResponseTo leaves the signature intact, but the
+    signed SubjectConfirmationData still names the request, so it is no IdP-initiated login."""
+    sp = make_sp(saml_idp)
+    _, request_id = sp.begin(None)
+    response = respond(saml_idp, sp, in_response_to=request_id, sign_response=False)
+    xml = base64.b64decode(response).decode()
+    envelope_end = xml.index(">", xml.index("Response"))
+    head = xml[:envelope_end].replace(f' InResponseTo="{request_id}"', "")
+    stripped = base64.b64encode((head + xml[envelope_end:]).encode()).decode()
+    assert refused(sp, stripped, None) == "bad_state"
+    assert sp.complete(response, request_id, replay=MemoryReplay())["name_id"]        # the genuine one passes
+
+
 def test_replayed_assertion_is_refused(saml_idp: SamlTestIdp, sp: SamlServiceProvider, storage: Storage) -> None:
     cache = SqlReplayCache(storage)
     response = respond(saml_idp, sp)

@@ -26,12 +26,17 @@ from scimgrip.storage.base import Query, Storage, StoredResource, Tenant
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 MAX_LINK_VALUE = 1024
+TRANSIENT_NAMEID = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"
 
 
 def link_value(login: Mapping[str, Any], link_claim: str, protocol: Literal["oidc", "saml"]) -> str:
     """The identifier to link by: an OIDC claim, or the SAML NameID (``"nameid"``) / first value of an attribute."""
     if protocol == "saml":
         if link_claim == "nameid":
+            if login.get("name_id_format") == TRANSIENT_NAMEID:
+                # a new random value per login (SAML Core §8.3.8): it can never identify an account
+                raise SsoError("not_provisioned", "the identity provider sent a transient NameID; configure a "
+                                                  "persistent one (e.g. the user principal name)")
             value: Any = login.get("name_id")
         else:
             values = (login.get("attributes") or {}).get(link_claim) or []

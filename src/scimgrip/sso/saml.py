@@ -161,7 +161,7 @@ class SamlServiceProvider:
         # pysaml2 remembers every identity in the (shared, cached) client; our session is the web layer's
         with contextlib.suppress(KeyError, TypeError, ValueError):
             self.client.users.remove_person(response.name_id)
-        return self._login(response, replay)
+        return self._login(response, replay, expected_request_id)
 
     # -- helpers -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -185,7 +185,7 @@ class SamlServiceProvider:
             raise SsoError("bad_response", "the SAMLResponse is not a samlp:Response")
         return {"destination": root.get("Destination"), "in_response_to": root.get("InResponseTo")}
 
-    def _login(self, response: Any, replay: ReplayCache) -> dict[str, Any]:
+    def _login(self, response: Any, replay: ReplayCache, expected_request_id: str | None) -> dict[str, Any]:
         assertion = response.assertion
         if self.settings.want_assertions_signed and not assertion.signature:
             raise SsoError("bad_signature", "the assertion is not signed")
@@ -206,10 +206,15 @@ class SamlServiceProvider:
             raise SsoError("expired", "the sign-in response has expired")
         if not_before is not None and now + skew < not_before:
             raise SsoError("not_yet_valid", "the sign-in response is not valid yet (check the server clock)")
-        recipients = {scd.subject_confirmation_data.recipient for scd in assertion.subject.subject_confirmation
-                      if scd.subject_confirmation_data is not None}
-        if recipients - {self.acs_url, None}:
+        confirmations = [c.subject_confirmation_data for c in assertion.subject.subject_confirmation
+                         if c.subject_confirmation_data is not None]
+        if {c.recipient for c in confirmations} - {self.acs_url, None}:
             raise SsoError("wrong_destination", "the assertion is meant for another service")
+        # the envelope's InResponseTo is unsigned when only the assertion is: the signed copy must agree, or a
+        # solicited assertion could be replayed as an IdP-initiated one by stripping the envelope's attribute
+        if any(c.in_response_to != expected_request_id for c in confirmations):
+            raise SsoError("bad_state", "this response does not answer the sign-in started here; please start "
+                                        "again")
         name_id = assertion.subject.name_id
         if name_id is None or not name_id.text:
             raise SsoError("bad_response", "the assertion names no subject (NameID)")
