@@ -18,6 +18,7 @@ from scimgrip.console.debugger_views import DebuggerViews
 from scimgrip.console.directory_views import DirectoryViews
 from scimgrip.console.jobs_views import JobsViews
 from scimgrip.console.pages import Ctx, Endpoint, Pages
+from scimgrip.console.sso_views import SsoSettingsViews
 from scimgrip.console.tenant_views import TenantViews
 from scimgrip.engine.state import EngineStore
 
@@ -42,6 +43,7 @@ class Console:
         routes += TenantViews(self.pages, self.accounts).routes()
         routes += DirectoryViews(self.pages).routes()
         routes += DebuggerViews(self.pages).routes()
+        routes += SsoSettingsViews(self.pages).routes()
         if self.engine_store is not None:
             routes += JobsViews(self.pages, self.engine_store).routes()
         routes.append(Mount("/static", app=StaticFiles(directory=str(STATIC)), name="static"))

@@ -1,5 +1,7 @@
-"""Mount the browser-facing parts into the SCIM application: ``/console`` (operators and IT admins), and ``/``
-redirecting to it. Each part is a sub-application with its own HTML error pages."""
+"""Mount the browser-facing parts into the SCIM application: ``/console`` (operators and IT admins), ``/sso``
+(single sign-on of a tenant's users), ``/app`` (their landing page), and ``/`` redirecting to the console.
+Each part is a sub-application with its own HTML error pages (the SCIM app's JSON 404/405 never reach a
+browser)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from scimgrip.storage.sql.engine_store import SqlEngineStore
 from scimgrip.storage.sql.web_store import WebStore
 from scimgrip.web.config import WebConfig
 from scimgrip.web.sessions import SessionManager
+from scimgrip.web.sso_views import SsoViews
 
 
 def install_web(app: Starlette, storage: Storage, server_config: Any, web: WebConfig | None = None) -> None:
@@ -26,6 +29,7 @@ def install_web(app: Starlette, storage: Storage, server_config: Any, web: WebCo
     sessions = SessionManager(store, config)
     pages = Pages(storage, store, sessions, config)
     console = Console(pages, SqlEngineStore.from_storage(storage))
+    sso = SsoViews(pages)
 
     async def root(request: Request) -> Response:
         return RedirectResponse("/console", status_code=307)
@@ -34,5 +38,7 @@ def install_web(app: Starlette, storage: Storage, server_config: Any, web: WebCo
         Route("/", root, methods=["GET", "HEAD"]),
         Route("/console", console.home, methods=["GET", "HEAD"]),
         Mount("/console", app=console.app()),
+        Mount("/sso", app=sso.app(sso.routes())),
+        Mount("/app", app=sso.app(sso.app_routes())),
     ])
     app.state.web_sessions = sessions
