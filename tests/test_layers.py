@@ -13,13 +13,17 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "scimgrip"
 # package -> scimgrip packages and third-party modules it must not import
 FORBIDDEN: dict[str, set[str]] = {
     "scim": {"scimgrip.storage", "scimgrip.service", "scimgrip.server", "scimgrip.tenancy", "scimgrip.cli",
+             "scimgrip.sso",
              "sqlalchemy", "starlette", "uvicorn", "alembic", "psycopg", "typer", "httpx", "socket", "sqlite3"},
-    "storage": {"scimgrip.service", "scimgrip.server", "scimgrip.tenancy", "scimgrip.cli", "starlette",
+    "storage": {"scimgrip.service", "scimgrip.server", "scimgrip.tenancy", "scimgrip.cli", "starlette", "scimgrip.sso",
                 "scimgrip.events.api", "scimgrip.events.dispatcher", "scimgrip.events.sdk"},  # only events.outbox
     "tenancy": {"scimgrip.service", "scimgrip.server", "scimgrip.cli", "starlette", "sqlalchemy"},
-    "service": {"scimgrip.server", "scimgrip.cli", "starlette", "sqlalchemy"},
+    "service": {"scimgrip.server", "scimgrip.cli", "starlette", "sqlalchemy", "scimgrip.sso"},
     "server": {"scimgrip.cli", "sqlalchemy"},
     "events": {"scimgrip.server", "scimgrip.cli", "scimgrip.service"},
+    # single sign-on is library code under the web layer: protocol cores, settings, linking via service/storage
+    "sso": {"scimgrip.server", "scimgrip.console", "scimgrip.web", "scimgrip.cli", "scimgrip.engine",
+            "scimgrip.events", "starlette", "uvicorn", "sqlalchemy"},
     # the engine is a SCIM *client*: it talks HTTP to any server and keeps its state behind engine.state
     "engine": {"scimgrip.server", "scimgrip.service", "scimgrip.tenancy", "scimgrip.cli", "scimgrip.storage",
                "scimgrip.events", "starlette", "sqlalchemy", "uvicorn"},

@@ -16,6 +16,7 @@ from scimgrip.storage.base import Storage
 from scimgrip.storage.sql import (
     engine_tables,  # noqa: F401 - engine tables join the compared metadata
     ratelimit_tables,  # noqa: F401 - rate-limit table joins the compared metadata
+    sso_tables,  # noqa: F401 - single sign-on replay table joins the compared metadata
 )
 from scimgrip.storage.sql.filters import FilterContext, compile_filter
 from scimgrip.storage.sql.repository import SqlStorage
