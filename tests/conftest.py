@@ -85,7 +85,15 @@ def storage(db_url: str) -> Iterator[Storage]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Say it when the PostgreSQL cases were skipped. Under pytest-xdist the skips happen in the workers, so
+    the controller finds them in the skip reports rather than in this process's state."""
     reason = _PG_STATE["skip_reason"]
+    count = 0
+    for report in terminalreporter.stats.get("skipped", []):
+        text = str(getattr(report, "longrepr", ""))
+        if "PostgreSQL not reachable" in text:
+            count += 1
+            reason = reason or text[text.index("PostgreSQL not reachable"):].split("'")[0].split('"')[0]
     if reason:
         terminalreporter.write_sep("-", "PostgreSQL")
-        terminalreporter.write_line(reason)
+        terminalreporter.write_line(f"{reason}" + (f" ({count} tests)" if count else ""))

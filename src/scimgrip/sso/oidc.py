@@ -121,11 +121,17 @@ class OidcRelyingParty:
                  clock: Callable[[], float] = time.time, cache: ProviderCache | None = None,
                  allowed_tids: Callable[[str], bool] | None = None) -> None:
         self.settings = settings
+        self._owns_http = http is None
         self.http = http if http is not None else httpx.Client(timeout=HTTP_TIMEOUT_SECONDS)
         self.leeway = leeway_seconds
         self.clock = clock
         self.cache = cache if cache is not None else DEFAULT_CACHE
         self.allowed_tids = allowed_tids
+
+    def close(self) -> None:
+        """Close the HTTP client if this relying party made it (an injected one belongs to the caller)."""
+        if self._owns_http:
+            self.http.close()
 
     # -- provider metadata -------------------------------------------------------------------------------------
     def _fetch_json(self, url: str, what: str) -> dict[str, Any]:
