@@ -376,3 +376,53 @@ def test_operator_fixture_signs_in(console_server: Server) -> None:
     sign_in_operator(b)
     assert b.get("/console").headers["location"] == "/console/tenants"
     b.close()
+
+
+def test_engine_job_status_progress_and_logs(operator: Browserless, console_server: Server) -> None:
+    from scimgrip.engine.state import LogRecord, LogStep, TargetCall
+    from scimgrip.storage.sql.engine_store import SqlEngineStore
+
+    storage = open_storage(console_server.database)
+    try:
+        store = SqlEngineStore.from_storage(storage)
+        name = "hr-to-app-" + secrets.token_hex(3)
+        job = store.create_job(name, "source: {}\n", "fp", status="Active")
+        store.save_job_state(name, progress={"phase": "export", "processed": 40, "total": 100},
+                             counters={"created": 12})
+        store.append_logs([
+            LogRecord(job_id=job.id, cycle_id="c1", change_id="ch1", object_type="User", source_id="s1",
+                      action="create", status="success", source_display="Adele Vance",
+                      steps=(LogStep("Import", "import"), LogStep("Export", "export", description="POST /Users")),
+                      calls=(TargetCall("POST", "/Users", 201),)),
+            LogRecord(job_id=job.id, cycle_id="c1", change_id="ch2", object_type="User", source_id="s2",
+                      action="update", status="failure", source_display="Alex Wilber",
+                      reason="SystemForCrossDomainIdentityManagementServiceIncompatible"),
+        ])
+    finally:
+        storage.close()
+    jobs = operator.get("/console/jobs").text
+    assert name in jobs and "Active" in jobs
+    page = operator.get(f"/console/jobs/{name}").text
+    assert 'max="100" value="40"' in page and "created" in page
+    assert "Adele Vance" in page and "POST /Users" in page and "Alex Wilber" in page
+    failures = operator.get(f"/console/jobs/{name}", params={"status": "failure"}).text
+    assert "Alex Wilber" in failures and "Adele Vance" not in failures
+
+
+def test_password_guessing_is_throttled(console_server: Server) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    b = Browserless(console_server.base_url)
+    victim = f"victim-{secrets.token_hex(3)}@example.com"
+    b.get("/console/login")
+    assert b.post("/console/login", {"email": victim, "password": "guess guess guess"}).status_code == 400
+
+    def guess(_: int) -> httpx.Response:
+        return b.post("/console/login", {"email": victim, "password": "guess guess guess"})
+
+    with ThreadPoolExecutor(8) as pool:                 # faster than the 1 attempt per second refill
+        answers = list(pool.map(guess, range(40)))
+    refused = [r for r in answers if r.status_code == 429]
+    assert refused and all(r.status_code in (400, 429) for r in answers)
+    assert int(refused[0].headers["retry-after"]) >= 1 and "Too many sign-in attempts" in refused[0].text
+    b.close()

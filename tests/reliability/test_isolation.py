@@ -11,6 +11,11 @@ is covered without touching this file. For each route and method:
 4. routes outside a tenant URL (events API, health, OpenAPI): A's SCIM token and A's events API key, naming B
    (``?tenant=``) → the same answer as naming a tenant that does not exist.
 
+The browser-facing sub-applications (``/console``, ``/sso``, ``/app``, mounted by ``web.install``) are flattened
+into the same list. Without a session a bearer token means nothing to them, so for them check 1 (and 3, with no
+credentials) asks that B's URL answers exactly like a missing tenant's — a redirect to sign-in, a refusal page —
+and reveals nothing; signed-in isolation (an IT admin of A with B's ids → 404) is tests/console and tests/web.
+
 No response body may contain any of B's ids, names, values, extension schema or token, and B's data must be
 unchanged at the end.
 """
@@ -26,7 +31,7 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from scimgrip.server.app import create_app
 from scimgrip.storage import open_storage
@@ -38,17 +43,29 @@ PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 NOSUCH = "nosuchtenant"
 
 
-def app_routes(tmp: Path) -> list[tuple[str, str, set[str]]]:
-    """(path template, method, path parameter names) for every route and method of the application."""
+BROWSER_MODULES = ("scimgrip.web.", "scimgrip.console.")
+
+
+def _flatten(routes: list[BaseRoute], prefix: str = "", browser: bool = False) -> Iterator[tuple[str, str, set[str],
+                                                                                                 bool]]:
+    for route in routes:
+        if isinstance(route, Mount):
+            if route.routes:           # a sub-application; a mount without routes serves static files
+                yield from _flatten(list(route.routes), prefix + route.path, True)
+            continue
+        assert isinstance(route, Route), f"unexpected route type {type(route).__name__}: extend this test"
+        module = getattr(route.endpoint, "__module__", "") or ""
+        is_browser = browser or module.startswith(BROWSER_MODULES)
+        for method in sorted(route.methods or ()):
+            yield prefix + route.path, method, set(route.param_convertors), is_browser
+
+
+def app_routes(tmp: Path) -> list[tuple[str, str, set[str], bool]]:
+    """(path template, method, path parameter names, browser-facing?) for every route and method of the app."""
     storage = open_storage(f"sqlite:///{tmp / 'routes.db'}")
     try:
         app = create_app(storage)
-        out = []
-        for route in app.routes:
-            assert isinstance(route, Route), f"unexpected route type {type(route).__name__}: extend this test"
-            for method in sorted(route.methods or ()):
-                out.append((route.path, method, set(route.param_convertors)))
-        return out
+        return list(_flatten(list(app.routes)))
     finally:
         storage.close()
 
@@ -154,7 +171,8 @@ def assert_reveals_nothing(r: httpx.Response, world: World, what: str, allowed: 
 
 def test_every_route_and_method_is_isolated(world: World, tmp_path: Path) -> None:
     routes = app_routes(tmp_path)
-    assert any("/Users/{id}" in p for p, _, _ in routes) and len(routes) >= 30, routes
+    assert any("/Users/{id}" in p for p, _, _, _ in routes) and len(routes) >= 30, routes
+    assert any(p.startswith("/console/t/{tenant}") for p, _, _, _ in routes), "the console is not enumerated"
     b_ids = {"user": world.b_user["id"], "group": world.b_group["id"], "schema": world.b_ext}
     fake = {"user": secrets.token_hex(16), "group": secrets.token_hex(16),
             "schema": "urn:example:params:scim:schemas:extension:nobody:2.0:User"}
@@ -165,9 +183,21 @@ def test_every_route_and_method_is_isolated(world: World, tmp_path: Path) -> Non
     base = world.srv.base
     tried = 0
     try:
-        for n, (template, method, params) in enumerate(routes):
+        for n, (template, method, params, browser) in enumerate(routes):
             what = f"{method} {template}"
-            if "tenant" in params:
+            if browser:
+                # no session: B's URL must answer like a missing tenant's, with A's token or without one
+                for who, c in (("A's SCIM token", a), ("no credentials", anon)):
+                    body = body_for(template, method, b_ids, n)
+                    r = call(c, method, base + fill(template, world.b.name, b_ids), body)
+                    ref = call(c, method, base + fill(template, NOSUCH, b_ids), body)
+                    subs = {world.b.name: "<t>", NOSUCH: "<t>"}
+                    assert shape(r, subs) == shape(ref, subs), f"{what} with {who} on B answers unlike a missing " \
+                                                               f"tenant: {r.status_code} {r.text[:300]}"
+                    assert r.status_code < 500, f"{what} with {who}: {r.status_code}"
+                    assert_reveals_nothing(r, world, f"{what} with {who}")
+                    tried += 2
+            elif "tenant" in params:
                 # 1. A's token, B's URL and ids; reference: a tenant that does not exist
                 body = body_for(template, method, b_ids, n)
                 r = call(a, method, base + fill(template, world.b.name, b_ids), body)

@@ -1,8 +1,16 @@
-"""Sign-in, sign-out and the one-time setup link."""
+"""Sign-in, sign-out and the one-time setup link.
+
+Password sign-ins are throttled by token buckets in the shared rate-limit table (every worker counts): per
+e-mail address (1 attempt per second, bursts of 20) and per client address (2 per second, bursts of 60). An
+online guesser gets a few attempts per second at most, and argon2's CPU cost cannot be turned into a flood.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import math
+import time
 from urllib.parse import quote
 
 from starlette.responses import RedirectResponse, Response
@@ -11,7 +19,11 @@ from starlette.routing import Route
 from scimgrip.console.accounts import Accounts
 from scimgrip.console.pages import Ctx, Pages
 from scimgrip.scim.errors import InvalidValue
-from scimgrip.storage.sql.web_store import OPERATOR, TENANT_ADMIN
+from scimgrip.storage.sql.ratelimit import RateLimitStore
+from scimgrip.storage.sql.web_store import OPERATOR, TENANT_ADMIN, fold_email
+
+PER_EMAIL = (1.0, 20.0)      # tokens per second, burst
+PER_CLIENT = (2.0, 60.0)
 
 
 def safe_next(target: str, default: str) -> str:
@@ -26,6 +38,7 @@ class AuthViews:
     def __init__(self, pages: Pages, accounts: Accounts) -> None:
         self.pages = pages
         self.accounts = accounts
+        self.limits = RateLimitStore(pages.storage)
 
     def routes(self) -> list[Route]:
         v = self.pages.view
@@ -47,8 +60,22 @@ class AuthViews:
             return RedirectResponse("/console/login", status_code=303)
         return RedirectResponse(f"/console/t/{quote(tenant.name)}", status_code=303)
 
+    def _wait(self, ctx: Ctx, email: str) -> float:
+        """Seconds to wait before another sign-in attempt for this address or from this client (0: go on)."""
+        now = time.time()
+        client = ctx.request.client.host if ctx.request.client else "unknown"
+        by_email = hashlib.sha256(fold_email(email).encode()).hexdigest()[:40]
+        return max(self.limits.take(f"console-login:{by_email}", *PER_EMAIL, now),
+                   self.limits.take(f"console-login-ip:{client}", *PER_CLIENT, now))
+
     def _sign_in(self, ctx: Ctx, kind: str, tenant_id: int | None, default_next: str) -> Response:
         email, password = ctx.field("email"), ctx.field("password")
+        wait = self._wait(ctx, email)
+        if wait > 0:
+            refused = self.pages.render(ctx, "login.html", status=429, email=email, login_tenant=ctx.extra.get("t"),
+                                        error="Too many sign-in attempts. Wait a moment and try again.")
+            refused.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return refused
         account = self.accounts.authenticate(kind, tenant_id, email, password)
         if account is None:
             return self.pages.render(ctx, "login.html", status=400, email=email,

@@ -54,6 +54,11 @@ log = logging.getLogger("scimgrip.sso.web")
 
 PURPOSES = ("user", "console", "test")
 _REFUSED_403 = frozenset({"not_provisioned", "disabled", "unknown_tenant"})
+UNAVAILABLE = "Single sign-on is not available at this address."
+
+
+class Unavailable(Exception):
+    """No such tenant, or no such protocol configured: one answer for both, so a URL reveals no tenant."""
 
 
 def _key(value: str) -> str:
@@ -83,36 +88,46 @@ class SsoViews:
             Route("/{tenant}/saml/metadata", self._endpoint(self.saml_metadata), methods=["GET"]),
             Route("/{tenant}/saml/login", self._endpoint(self.saml_login), methods=["GET"]),
             Route("/{tenant}/saml/acs", self._endpoint(self.saml_acs), methods=["POST"]),
-            Route("/{tenant}/logout", self._endpoint(self.logout), methods=["GET", "POST"]),
+            Route("/{tenant}/logout", self._endpoint(self.logout, any_tenant=True), methods=["GET", "POST"]),
         ]
 
     def app_routes(self) -> list[Route]:
-        return [Route("/{tenant}", self._endpoint(self.landing), methods=["GET"])]
+        return [Route("/{tenant}", self._endpoint(self.landing, any_tenant=True), methods=["GET"])]
 
-    def _endpoint(self, fn: Callable[[Request, Tenant, dict[str, Any]], Response]) -> Callable[..., Any]:
-        """Async endpoint: tenant lookup, form reading, the view in a worker thread, refusals as pages."""
+    def _endpoint(self, fn: Callable[[Request, Tenant, dict[str, Any]], Response], *,
+                  any_tenant: bool = False) -> Callable[..., Any]:
+        """Async endpoint: tenant lookup, form reading, the view in a worker thread, refusals as pages.
+        ``any_tenant`` views run for an unknown tenant too (with a placeholder), so they answer alike."""
 
         async def endpoint(request: Request) -> Response:
             form: dict[str, Any] = {}
             if request.method == "POST":
                 raw = await request.form(max_part_size=2 * 1024 * 1024)
                 form = {k: v for k, v in raw.items() if isinstance(v, str)}
-            return await run_in_threadpool(self._run, fn, request, form)
+            return await run_in_threadpool(self._run, fn, request, form, any_tenant)
 
         return endpoint
 
     def _run(self, fn: Callable[[Request, Tenant, dict[str, Any]], Response], request: Request,
-             form: dict[str, Any]) -> Response:
+             form: dict[str, Any], any_tenant: bool) -> Response:
         name = request.path_params.get("tenant", "")
         tenant = self.pages.storage.get_tenant(name) if 0 < len(name) <= 63 else None
-        if tenant is None:
-            return self.refused(request, 404, "Unknown organisation", "There is no such tenant here.")
+        if tenant is None and any_tenant:
+            tenant = Tenant(id=-1, name=name[:63], created=dt.datetime.now(dt.UTC))   # matches no session
         try:
+            if tenant is None:
+                raise Unavailable
             return fn(request, tenant, form)
+        except Unavailable:
+            return self.refused(request, 404, "Not available", UNAVAILABLE)
         except SsoError as exc:
-            log.info("sign-in refused for tenant %s: %s", tenant.name, exc.reason)
+            log.info("sign-in refused for tenant %s: %s", name, exc.reason)
             status = 403 if exc.reason in _REFUSED_403 else (502 if exc.reason == "unreachable" else 400)
             return self.refused(request, status, "Sign-in refused", exc.message, reason=exc.reason, tenant=tenant)
+        except Exception:   # a refusal page, never a 500 (the log has the traceback)
+            log.exception("sign-in failed for tenant %s", name)
+            return self.refused(request, 400, "Sign-in failed", "The sign-in could not be completed; please start "
+                                "again.", tenant=tenant)
         except ScimError as exc:
             return self.refused(request, exc.status if 400 <= exc.status < 500 else 400, "Sign-in refused",
                                 exc.detail, tenant=tenant)
@@ -131,13 +146,13 @@ class SsoViews:
     def _rp(self, tenant: Tenant) -> OidcRelyingParty:
         settings = self._settings(tenant).oidc
         if settings is None:
-            raise SsoError("invalid_config", "single sign-on with OpenID Connect is not set up for this tenant")
+            raise Unavailable
         return OidcRelyingParty(settings, http=self.http)
 
     def _sp(self, request: Request, tenant: Tenant) -> SamlServiceProvider:
         settings = self._settings(tenant).saml
         if settings is None:
-            raise SsoError("invalid_config", "single sign-on with SAML is not set up for this tenant")
+            raise Unavailable
         base = f"{self._origin(request)}/sso/{quote(tenant.name)}/saml"
         return SamlServiceProvider(settings, sp_entity_id=f"{base}/metadata", acs_url=f"{base}/acs",
                                    metadata_url=f"{base}/metadata")
@@ -161,8 +176,7 @@ class SsoViews:
         if settings.saml is not None and settings.oidc is None:
             return RedirectResponse(f"{base}/saml/login{query}", status_code=303)
         if settings.oidc is None and settings.saml is None:
-            return self.refused(request, 404, "Single sign-on not set up",
-                                "Your organisation has not set up single sign-on here yet.", tenant=tenant)
+            raise Unavailable
         return self.pages.render(Ctx(request, None, None), "sso_choose.html", sso_tenant=tenant, query=query)
 
     def oidc_login(self, request: Request, tenant: Tenant, form: dict[str, Any]) -> Response:
@@ -173,12 +187,12 @@ class SsoViews:
 
     def oidc_callback(self, request: Request, tenant: Tenant, form: dict[str, Any]) -> Response:
         params = dict(request.query_params)
+        rp = self._rp(tenant)              # not configured: the same answer as an unknown tenant
         kept = self._recall(tenant, params.get("state", ""))
         if kept is None:
             raise SsoError("bad_state", "this sign-in response does not belong to a sign-in started here, or was "
                                         "already used; please start again")
         settings = self._settings(tenant).oidc
-        rp = self._rp(tenant)
         claims = rp.complete(params, kept["pending"])
         assert settings is not None
         return self._finish(request, tenant, kept.get("purpose", "user"), "oidc", claims,
@@ -195,10 +209,11 @@ class SsoViews:
 
     def saml_acs(self, request: Request, tenant: Tenant, form: dict[str, Any]) -> Response:
         response_b64 = str(form.get("SAMLResponse", ""))
+        sp = self._sp(request, tenant)
         kept = self._recall(tenant, str(form.get("RelayState", "")))
         # no pending sign-in under this RelayState: an IdP-initiated login (it must not answer a request then)
         expected = kept.get("request_id") if kept else None
-        login = self._sp(request, tenant).complete(response_b64, expected, replay=self.replay)
+        login = sp.complete(response_b64, expected, replay=self.replay)
         settings = self._settings(tenant).saml
         assert settings is not None
         return self._finish(request, tenant, kept.get("purpose", "user") if kept else "user", "saml", login,
