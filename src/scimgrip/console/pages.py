@@ -143,6 +143,9 @@ class Pages:
                 ctx.csrf_token = csrf.pre_session_token(request)
                 ctx.set_pre_session = request.cookies.get(csrf.PRE_SESSION_COOKIE) != ctx.csrf_token
             if access != "public" and session is None:
+                if request.headers.get("hx-request") == "true":
+                    # an htmx poll after the session ended: send the whole page to sign-in, not into the panel
+                    return Response(status_code=200, headers={"HX-Redirect": "/console/login"})
                 if request.method == "GET":
                     tenant_name = request.path_params.get("tenant")
                     login = f"/console/t/{quote(tenant_name)}/login" if tenant_name else "/console/login"
