@@ -121,6 +121,8 @@ def test_signed_out_visitor_is_sent_to_sign_in(anon: Browserless) -> None:
     assert r.status_code == 303 and r.headers["location"].startswith("/console/login?next=")
     r = anon.get("/console/t/default/users")
     assert r.status_code == 303 and r.headers["location"].startswith("/console/t/default/login")
+    r = anon.get("/console/t/default/connection", headers={"HX-Request": "true"})   # the panel's poll
+    assert r.status_code == 200 and r.headers["hx-redirect"] == "/console/login" and r.text == ""
 
 
 # -- tenants ----------------------------------------------------------------------------------------------------
