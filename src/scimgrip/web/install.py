@@ -5,7 +5,9 @@ browser)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,9 +24,14 @@ from scimgrip.web.sessions import SessionManager
 from scimgrip.web.sso_views import SsoViews
 
 
-def install_web(app: Starlette, storage: Storage, server_config: Any, web: WebConfig | None = None) -> None:
-    """Add the console (and the root redirect) to ``app``; ``server_config`` gives the public URL."""
-    config = web or WebConfig.from_settings(public_url=getattr(server_config, "public_url", None))
+class HasPublicUrl(Protocol):
+    public_url: str | None
+
+
+def install_web(app: Starlette, storage: Storage, server_config: HasPublicUrl, web: WebConfig | None = None) -> None:
+    """Add the console, SSO and landing pages (and the root redirect) to ``app``; ``server_config`` (the SCIM
+    app's ``ServerConfig``) gives the public URL."""
+    config = web or WebConfig.from_settings(public_url=server_config.public_url)
     store = WebStore(storage)
     sessions = SessionManager(store, config)
     pages = Pages(storage, store, sessions, config)
@@ -42,3 +49,14 @@ def install_web(app: Starlette, storage: Storage, server_config: Any, web: WebCo
         Mount("/app", app=sso.app(sso.app_routes())),
     ])
     app.state.web_sessions = sessions
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        async with inner(a) as state:
+            try:
+                yield state
+            finally:
+                sso.http.close()           # the IdP client (discovery, JWKS, token requests)
+
+    app.router.lifespan_context = lifespan
