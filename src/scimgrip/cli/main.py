@@ -113,6 +113,8 @@ def serve(
             out.print(f"  Tenant URL:   {tenant_url(public, tenant.name)}", soft_wrap=True)
             out.print(f"  Secret Token: {issued.secret}", soft_wrap=True)
             out.print("  (the token is shown only now; issue another with 'scimgrip token issue default')")
+            out.print(f"  Console:      {public}/console  (create an operator: scimgrip admin create EMAIL)",
+                      soft_wrap=True)
             sys.stdout.flush()
     finally:
         storage.close()
