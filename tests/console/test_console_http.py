@@ -241,7 +241,8 @@ def test_tenant_admin_of_a_cannot_see_or_touch_b(operator: Browserless, console_
         storage.close()
     for path in (f"/console/t/{b_name}", f"/console/t/{b_name}/users", f"/console/t/{b_name}/users/{user['id']}",
                  f"/console/t/{b_name}/groups", f"/console/t/{b_name}/requests",
-                 f"/console/t/{b_name}/requests/{entry_id}", f"/console/t/{b_name}/connection"):
+                 f"/console/t/{b_name}/requests/{entry_id}", f"/console/t/{b_name}/connection",
+                 f"/console/t/{b_name}/sso", f"/console/t/{b_name}/groups/{user['id']}"):
         r = admin_a.get(path)
         assert r.status_code == 404, path
         assert "bob@b.example" not in r.text
@@ -253,6 +254,9 @@ def test_tenant_admin_of_a_cannot_see_or_touch_b(operator: Browserless, console_
     assert admin_a.post(f"/console/t/{b_name}/tokens/{b_token_id}/revoke").status_code == 404
     assert admin_a.post(f"/console/t/{a}/tokens/{b_token_id}/revoke").status_code == 404
     assert admin_a.post(f"/console/t/{b_name}/setup-links").status_code == 404
+    assert admin_a.post(f"/console/t/{b_name}/sso/oidc", {"discovery_url": "https://evil.example/x",
+                                                         "client_id": "x"}).status_code == 404
+    assert admin_a.post(f"/console/t/{b_name}/sso/saml/remove").status_code == 404
     with scim(console_server, b_name, b_secret) as c:
         assert c.get("/Users").status_code == 200                      # B's token still works
     # operator pages are not for IT admins
