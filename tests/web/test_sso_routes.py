@@ -88,6 +88,23 @@ def test_replayed_or_foreign_state_is_refused(oidc_tenant: SsoTenant, oidc_provi
         assert forged.status_code == 400
 
 
+def test_callback_planted_in_another_browser_is_refused(oidc_tenant: SsoTenant,
+                                                       oidc_provider: MockOidcProvider) -> None:
+    """Login CSRF (RFC 6749 §10.12): the attacker starts a sign-in with their own account and makes the victim's
+    browser open the callback; the state is bound to the attacker's browser, so the victim gets no session."""
+    oid = new_oid()
+    oidc_tenant.provision("attacker@contoso.test", external_id=oid)
+    oidc_provider.next_user = {"oid": oid, "tid": oidc_provider.tenant_id}
+    with httpx.Client(base_url=oidc_tenant.server.base_url, follow_redirects=False) as attacker:
+        to_idp = attacker.get(f"/sso/{oidc_tenant.name}/oidc/login")
+        assert to_idp.status_code == 303 and "scimgrip_sso" in to_idp.headers["set-cookie"]
+        callback = attacker.get(to_idp.headers["location"]).headers["location"]
+    with browser(oidc_tenant.server) as victim:
+        r = victim.get(callback)
+        assert r.status_code == 400 and "another browser" in r.text
+        assert "scimgrip_app" not in {c.name for c in victim.cookies.jar}
+
+
 def test_session_ends_when_scim_disables_or_deletes_the_user(oidc_tenant: SsoTenant,
                                                              oidc_provider: MockOidcProvider) -> None:
     for how in ("disable", "delete"):

@@ -4,7 +4,9 @@
 
 * ``login`` — picks the tenant's configured protocol (a choice page when both are);
 * ``oidc/login`` → the provider → ``oidc/callback``: authorization code + PKCE; ``state`` is kept server-side
-  (hashed, ten minutes, single use: a replayed or foreign ``state`` is refused);
+  (hashed, ten minutes, single use: a replayed or foreign ``state`` is refused) and bound to the browser that
+  started the sign-in by a short-lived cookie, so a callback URL planted in another browser (login CSRF,
+  RFC 6749 §10.12) is refused;
 * ``saml/metadata``; ``saml/login`` (SP-initiated, HTTP-Redirect) → the IdP → ``saml/acs`` (HTTP-POST, also
   IdP-initiated); assertion ids go to the replay cache. The ACS takes a cross-site POST by design (SAML Bindings
   §3.5), so it has no CSRF token: the signed response, its ``InResponseTo`` and the replay cache protect it;
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import logging
 import secrets
 from collections.abc import Callable
@@ -53,6 +56,7 @@ from scimgrip.web import csrf
 log = logging.getLogger("scimgrip.sso.web")
 
 PURPOSES = ("user", "console", "test")
+BINDING_COOKIE = "scimgrip_sso"
 _REFUSED_403 = frozenset({"not_provisioned", "disabled", "unknown_tenant"})
 UNAVAILABLE = "Single sign-on is not available at this address."
 
@@ -182,8 +186,14 @@ class SsoViews:
     def oidc_login(self, request: Request, tenant: Tenant, form: dict[str, Any]) -> Response:
         redirect_uri = f"{self._origin(request)}/sso/{quote(tenant.name)}/oidc/callback"
         url, pending = self._rp(tenant).begin(redirect_uri)
-        self._remember(tenant, pending["state"], {"pending": pending, "purpose": _purpose(request)})
-        return RedirectResponse(url, status_code=303)
+        browser = secrets.token_urlsafe(24)
+        self._remember(tenant, pending["state"], {"pending": pending, "purpose": _purpose(request),
+                                                  "browser": _key(browser)})
+        response = RedirectResponse(url, status_code=303)
+        lifetime = int(self.pages.config.pending_login_lifetime.total_seconds())
+        response.set_cookie(BINDING_COOKIE, browser, max_age=lifetime, path=f"/sso/{quote(tenant.name)}/oidc",
+                            secure=self.pages.config.secure_for(str(request.url)), httponly=True, samesite="lax")
+        return response
 
     def oidc_callback(self, request: Request, tenant: Tenant, form: dict[str, Any]) -> Response:
         params = dict(request.query_params)
@@ -192,6 +202,9 @@ class SsoViews:
         if kept is None:
             raise SsoError("bad_state", "this sign-in response does not belong to a sign-in started here, or was "
                                         "already used; please start again")
+        browser = request.cookies.get(BINDING_COOKIE, "")
+        if not browser or not hmac.compare_digest(_key(browser), str(kept.get("browser", ""))):
+            raise SsoError("bad_state", "this sign-in was started in another browser; please start again")
         settings = self._settings(tenant).oidc
         claims = rp.complete(params, kept["pending"])
         assert settings is not None
