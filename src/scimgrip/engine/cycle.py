@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from scimgrip.engine import health
 from scimgrip.engine.model import Assignments, SourceObject
@@ -40,6 +41,8 @@ from scimgrip.engine.values import value_at
 log = logging.getLogger("scimgrip.engine")
 
 MANAGER_PATH = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager"
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+MAX_BULK_WORKERS = 256      # threads feeding the BulkBatcher (each waits for its operation's result)
 
 
 def utcnow() -> dt.datetime:
@@ -149,10 +152,16 @@ class Engine:
         self._link_cache: dict[tuple[str, str], Any] = {}  # prefetched in bulk at cycle start
         self._dirty: dict[tuple[str, str], Any] = {}       # links to write, flushed in batches
         self._escrows: dict[tuple[str, str], Any] = {}     # this job's object escrows, read once per cycle
+        self._reference_escrows: set[tuple[str, str]] = set()   # objects whose last reference write failed
+        self._references_ok: set[tuple[str, str]] = set()       # objects whose references were written this cycle
         self._on_demand = False
         self._abort = False                                # set on a job-level failure (401): stop sending
         self._snapshots: dict[str, dict[str, Any]] = {}    # source objects that failed this cycle
         self._member_queue: list[tuple[Record, SourceObject, Any, Any]] | None = None
+        self._indexes: dict[str, Any] = {}                 # object type -> MatchIndex (one listing, MAT-1)
+        self._batcher: Any = None                          # BulkBatcher while a cycle runs against a Bulk target
+        self._initial = False                              # the running cycle is initial (CYC-1)
+        self._spc_adopted = False                          # the ServiceProviderConfig came from the job state
 
     # ---------------------------------------------------------------------------------------------------------
     # public entry points
@@ -254,6 +263,8 @@ class Engine:
             complete = changes.complete
             if not complete:
                 objects += self._escrowed_not_in(objects, state)
+        self._initial = kind == "initial"
+        self._adopt_spc(state)
         try:
             self._run_objects(report, job, objects, assignments, complete=complete, state=state)
         except JobQuarantined as q:
@@ -281,6 +292,7 @@ class Engine:
                     self.store.save_job_state(self.name, quarantine=None)
                 self.store.set_status(self.name, "Active")
             changed = any(r.action != "other" and r.status == "success" for r in report.records)
+            self._keep_spc(state)
             state["last_cycle"] = {"id": report.cycle_id, "kind": kind, "finished": now.isoformat(),
                                    "counts": report.tally()}
             fields: dict[str, Any] = {"state": state, "last_cycle_id": report.cycle_id,
@@ -302,6 +314,28 @@ class Engine:
         report.tally()
         self._persist_records(report)
         return report
+
+    SPC_TTL = dt.timedelta(hours=1)
+
+    def _adopt_spc(self, state: dict[str, Any]) -> None:
+        """WIRE-4: the target's ServiceProviderConfig is read when the job starts and kept in the job state for
+        :attr:`SPC_TTL` (authentik caches it for an hour too), so an idle incremental cycle sends nothing."""
+        cached = state.get("service_provider_config")
+        adopt = getattr(self.target, "adopt_service_provider_config", None)
+        if not isinstance(cached, dict) or adopt is None:
+            return
+        try:
+            fresh = self.clock() - dt.datetime.fromisoformat(str(cached.get("fetched"))) < self.SPC_TTL
+        except ValueError:
+            return
+        if fresh and isinstance(cached.get("config"), dict):
+            adopt(cached["config"])
+            self._spc_adopted = True
+
+    def _keep_spc(self, state: dict[str, Any]) -> None:
+        spc = getattr(self.target, "fetched_service_provider_config", None)
+        if isinstance(spc, dict) and not self._spc_adopted:
+            state["service_provider_config"] = {"fetched": self.clock().isoformat(), "config": spc}
 
     def _enter_quarantine(self, reason: str, detail: str, state: dict[str, Any]) -> None:
         """QUA-1/QUA-3: status Quarantine; one e-mail per series and per change of reason."""
@@ -342,17 +376,42 @@ class Engine:
     def _run_objects(self, report: CycleReport, job: Any, objects: list[SourceObject], assignments: Assignments,
                      *, complete: bool, state: dict[str, Any] | None = None) -> None:
         state = state if state is not None else dict(job.state or {})
-        self._escrows = {(e.object_type, e.source_id): e for e in self.store.list_escrows(self.job_id)
-                         if not e.is_reference}
+        escrows = self.store.list_escrows(self.job_id)
+        self._escrows = {(e.object_type, e.source_id): e for e in escrows if not e.is_reference}
+        self._reference_escrows = {(e.object_type, e.source_id) for e in escrows if e.is_reference}
+        self._references_ok = set()
         self._snapshots = {}
         try:
-            self._run_phases(report, objects, assignments, complete=complete, state=state)
+            with self._bulk():
+                self._run_phases(report, objects, assignments, complete=complete, state=state)
         finally:
             self._clear_recovered_escrows(report)
             if not self.dry_run:
                 kept = {k: v for k, v in (state.get("escrow_objects") or {}).items()
                         if tuple(k.split(":", 1)) in self._escrows}
                 state["escrow_objects"] = {**kept, **self._snapshots}
+
+    @contextlib.contextmanager
+    def _bulk(self) -> Iterator[None]:
+        """WIRE-4: writes go through ``/Bulk`` while the cycle runs when the target offers it (bulk_batcher)."""
+        from scimgrip.engine.bulk_batcher import BulkBatcher
+
+        if self.dry_run or not getattr(self.target, "bulk_enabled", False):
+            yield
+            return
+        with BulkBatcher(self.target) as batcher:
+            self._batcher = batcher
+            try:
+                yield
+            finally:
+                self._batcher = None
+
+    def _workers(self) -> int:
+        """Objects in flight: the target's concurrency, or enough to fill ``concurrency`` BulkRequests."""
+        concurrency = max(1, int(getattr(self.target, "concurrency", 4)))
+        if self._batcher is not None and self._batcher.enabled:
+            return min(MAX_BULK_WORKERS, concurrency * self._batcher.max_operations)
+        return concurrency
 
     def _escrowed_not_in(self, objects: list[SourceObject], state: Mapping[str, Any]) -> list[SourceObject]:
         """ERR-1 for delta sources: an escrowed object is retried when its back-off is due even if it did not
@@ -372,8 +431,16 @@ class Engine:
         return out
 
     def _clear_recovered_escrows(self, report: CycleReport) -> None:
-        """ERR-1: an escrowed object that went through without a failure leaves escrow."""
-        if self.dry_run or not self._escrows:
+        """ERR-1: an escrowed object that went through without a failure leaves escrow; so does a reference
+        escrow (a manager or member write that failed) once the object's references were written."""
+        if self.dry_run:
+            return
+        with self._lock:
+            recovered = self._references_ok & self._reference_escrows
+        for object_type, source_id in sorted(recovered):
+            self.store.clear_escrow(self.job_id, object_type, source_id, is_reference=True)
+            self._reference_escrows.discard((object_type, source_id))
+        if not self._escrows:
             return
         with self._lock:
             done = {(r.object_type, r.source_id) for r in report.records
@@ -431,7 +498,10 @@ class Engine:
                                                               for o in users if o.attributes.get("manager")])
         self._prefetch_links("Group", [o.id for o in groups])
         user_map = cfg.users
-        workers = max(1, int(getattr(self.target, "concurrency", 4)))
+        users = _managers_first(users)
+        self._indexes = {}
+        self._index_for("User", user_map, users)
+        workers = self._workers()
         with cf.ThreadPoolExecutor(workers, thread_name_prefix="scimgrip-engine") as pool:
             futures = [pool.submit(self._process, report, o, "User", user_map, assignments, assigned,
                                    deferred, manager_refs) for o in users]
@@ -448,6 +518,7 @@ class Engine:
         if cfg.groups.enabled:
             deferred_groups: list[_Deferred] = []
             self._member_queue = []
+            self._index_for("Group", cfg.groups, groups)
             try:
                 with cf.ThreadPoolExecutor(workers, thread_name_prefix="scimgrip-engine") as pool:
                     futures = [pool.submit(self._process, report, o, "Group", cfg.groups, assignments, assigned,
@@ -719,7 +790,7 @@ class Engine:
                 rec.status, rec.reason = "skipped", "CreateNotEnabled"
                 rec.step("export", "skipped", "no match and the Create target action is off")
                 return
-            link = self._create(rec, obj, object_type, om, desired)
+            link = self._create(rec, obj, object_type, om, self._with_known_manager(desired, manager_source))
             if link is None:
                 return
         else:
@@ -738,9 +809,26 @@ class Engine:
                 self._sync_members(rec, obj, link, members_source, assignments)
 
     # -- matching (MAT-1…4) ------------------------------------------------------------------------------------
-    def _match(self, rec: Record, obj: SourceObject, object_type: str, om: Any, desired: dict[str, Any]) -> Any:
+    def _index_for(self, object_type: str, om: Any, objects: Sequence[SourceObject]) -> None:
+        """MAT-1 from one listing of the target when many objects have no link yet (see match_index)."""
+        from scimgrip.engine import mapping
+        from scimgrip.engine.match_index import MatchIndex
+
+        if not self._initial:
+            return     # incremental cycles match few objects: per-object queries, as Entra
+        unlinked = sum(1 for o in objects if not o.deleted and self._link(object_type, o.id) is None)
+        paths = [p for p, _m in mapping.matching_attributes(om.attribute_mappings)]
+        index = MatchIndex.build(self.target, object_type, paths, unlinked)
+        if index is not None:
+            self._indexes[object_type] = index
+
+    def _match(self, rec: Record, obj: SourceObject, object_type: str, om: Any, desired: dict[str, Any], *,
+               fresh: bool = False) -> Any:
+        """MAT-1: by priority, first hit wins. From the cycle's listing of the target when there is one, unless
+        ``fresh`` (after a 409 or an unknown POST outcome: ask the target itself)."""
         from scimgrip.engine import mapping
 
+        index = None if fresh else self._indexes.get(object_type)
         tried = []
         for path, _m in mapping.matching_attributes(om.attribute_mappings):
             value = desired.get(path)
@@ -748,12 +836,13 @@ class Engine:
                 continue
             flt = mapping.match_filter(path, value)
             tried.append(flt)
-            hits = self.target.query(object_type, flt, attributes=None if object_type == "User" else None)
+            hits = index.lookup(path, value) if index is not None else self.target.query(object_type, flt)
             if len(hits) == 1:
                 hit = hits[0]
                 exported = {p: value_at(hit, p, object_type) for p in desired}
                 exported = {k: v for k, v in exported.items() if v is not None}
-                rec.step("matching", "success", f"matched on {flt}", target_id=hit.get("id"))
+                how = " (in the listing of the target)" if index is not None else ""
+                rec.step("matching", "success", f"matched on {flt}{how}", target_id=hit.get("id"))
                 rec.target_id = hit.get("id")
                 return self._save_link(object_type, obj.id, str(hit["id"]), exported)
             if len(hits) > 1:
@@ -762,8 +851,19 @@ class Engine:
         if not tried:
             rec.step("matching", "failure", "the object has no value for any matching attribute")
             raise _Escrowable("ImportSkipped", "no value for any matching attribute (MAT-1)")
-        rec.step("matching", "success", f"no match ({'; '.join(tried)})")
+        how = " in the listing of the target" if index is not None else ""
+        rec.step("matching", "success", f"no match{how} ({'; '.join(tried)})")
         return None
+
+    def _with_known_manager(self, desired: dict[str, Any], manager_sid: Any) -> dict[str, Any]:
+        """GRP-4 in one request: a manager that is already provisioned goes into the POST itself, so only users
+        whose manager comes later need the follow-up PATCH (users are ordered managers first)."""
+        if not manager_sid:
+            return desired
+        mlink = self._link("User", str(manager_sid))
+        if mlink is None or mlink.state != "active" or not mlink.target_id:
+            return desired
+        return {**desired, MANAGER_PATH: mlink.target_id}
 
     def _create(self, rec: Record, obj: SourceObject, object_type: str, om: Any, desired: dict[str, Any]) -> Any:
         from scimgrip.engine import mapping
@@ -781,7 +881,7 @@ class Engine:
                     raise
                 # ERR-3e: the POST may have been applied (timeout, dropped connection): match before retrying
                 rec.step("export", "warning", f"POST outcome unknown ({exc.detail}): matching again before a retry")
-                again = self._match(rec, obj, object_type, om, desired)
+                again = self._match(rec, obj, object_type, om, desired, fresh=True)
                 if again is not None:
                     return self._update(rec, obj, object_type, om, desired, again)
                 # not visible yet: the target may still be applying it (a slow answer past our timeout), and a
@@ -794,7 +894,7 @@ class Engine:
                 raise
             # MAT-4: the target already has it — match once more and continue as an update
             rec.step("export", "warning", "409 on create: matching again")
-            link = self._match(rec, obj, object_type, om, desired)
+            link = self._match(rec, obj, object_type, om, desired, fresh=True)
             if link is None:
                 raise _Escrowable("EntryConflict", exc.detail or "409 on create and no match") from exc
             return self._update(rec, obj, object_type, om, desired, link)
@@ -831,7 +931,7 @@ class Engine:
             # MAT-3: the linked object is gone — drop the link, match or create in the same change
             rec.step("export", "warning", "404 on the linked object: InvalidAnchor, recovering")
             self._drop_link(object_type, obj.id)
-            again = self._match(rec, obj, object_type, om, desired)
+            again = self._match(rec, obj, object_type, om, desired, fresh=True)
             if again is None:
                 return self._create(rec, obj, object_type, om, desired)
             return self._update(rec, obj, object_type, om, desired, again)
@@ -855,6 +955,11 @@ class Engine:
             with self._lock:
                 self._planned_ids += 1
                 return {"id": f"planned-{self._planned_ids}"}
+        if self._batcher is not None:
+            status, created, elapsed = self._batcher.request("POST", f"/{object_type}s", body)
+            rec.calls.append({"method": "POST", "path": f"/{object_type}s", "status": status,
+                              "duration_ms": round(elapsed, 3), "bulk": True})
+            return created if isinstance(created, dict) else {}
         result: dict[str, Any] = self.target.create(object_type, body)
         return result
 
@@ -864,6 +969,12 @@ class Engine:
             rec.calls.append({"method": "PATCH", "path": f"/{object_type}s/{target_id}",
                               "body": {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
                                        "Operations": ops}, "planned": True})
+            return
+        if self._batcher is not None:
+            path = f"/{object_type}s/{quote(target_id, safe='')}"
+            status, _, elapsed = self._batcher.request("PATCH", path, {"schemas": [PATCH_OP], "Operations": ops})
+            rec.calls.append({"method": "PATCH", "path": path, "status": status, "duration_ms": round(elapsed, 3),
+                              "bulk": True})
             return
         self.target.patch(object_type, target_id, ops)
 
@@ -886,7 +997,7 @@ class Engine:
             report.quarantine_detail = (f"{len(deferred)} objects would be disabled or deleted in one cycle; "
                                         "the accidental-deletion threshold holds them")
             return
-        workers = max(1, int(getattr(self.target, "concurrency", 4)))
+        workers = self._workers()
         with cf.ThreadPoolExecutor(workers) as pool:
             futures = {pool.submit(d.run): d for d in deferred}
             for f in cf.as_completed(futures):
@@ -923,7 +1034,7 @@ class Engine:
                 report.records.append(rec)
                 todo.append((rec, SourceObject("User", sid, {"__manager__": manager_sid,
                                                              "__target__": link.target_id})))
-        workers = max(1, int(getattr(self.target, "concurrency", 4)))
+        workers = self._workers()
         with cf.ThreadPoolExecutor(workers, thread_name_prefix="scimgrip-refs") as pool:
             for f in [pool.submit(self._resolve_manager, rec, holder) for rec, holder in todo]:
                 f.result()
@@ -956,6 +1067,7 @@ class Engine:
             want = mlink.target_id
         was_pending = bool(link.exported.get("__manager_pending__"))
         if want == current:
+            self._reference_ok("User", rec.source_id)
             if was_pending:
                 exported = dict(link.exported)
                 exported.pop("__manager_pending__", None)
@@ -986,10 +1098,15 @@ class Engine:
                         in_scope=link.in_scope)
         rec.modified.append({"name": MANAGER_PATH, "old": current, "new": want})
         rec.step("referenceResolution", "success", f"manager set to {want}" if want else "manager cleared")
+        self._reference_ok("User", rec.source_id)
         if rec.action == "other":
             rec.action, rec.status, rec.reason = "update", "success", None
         if not self.dry_run and was_pending:
             self.store.clear_pending_ref(self.job_id, "manager", rec.source_id)
+
+    def _reference_ok(self, object_type: str, source_id: str) -> None:
+        with self._lock:
+            self._references_ok.add((object_type, source_id))
 
     # -- group members (GRP-1, GRP-2) --------------------------------------------------------------------------
     def _requeue_groups(self, report: CycleReport, processed: set[str],
@@ -1051,6 +1168,7 @@ class Engine:
             for sid in sorted(known_missing - set(missing)):
                 self.store.clear_pending_ref(self.job_id, "member", obj.id, sid)
         if not add and not remove:
+            self._reference_ok("Group", obj.id)
             if known_missing != set(missing):
                 exported = dict(link.exported)
                 exported["__missing__"] = sorted(missing)
@@ -1075,6 +1193,7 @@ class Engine:
         rec.modified.append({"name": "members", "old": f"{len(have)} members",
                              "new": f"+{len(add)} -{len(remove)}"})
         rec.step("referenceResolution", "success", f"members: +{len(add)} -{len(remove)}")
+        self._reference_ok("Group", obj.id)
         if rec.action == "other":
             rec.action, rec.status, rec.reason = "update", "success", None
 
@@ -1146,6 +1265,30 @@ def _dead_local_owner(owner: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _managers_first(users: list[SourceObject]) -> list[SourceObject]:
+    """Users ordered by depth in the manager tree (stable), so a manager is usually linked before the users who
+    report to it are created and its reference can go into their POST (cycles in the data are cut)."""
+    manager = {u.id: str(u.attributes.get("manager")) for u in users if u.attributes.get("manager")}
+    if not manager:
+        return users
+    depth: dict[str, int] = {}
+
+    def depth_of(uid: str) -> int:
+        chain: list[str] = []
+        seen: set[str] = set()
+        while uid in manager and uid not in depth and uid not in seen:
+            seen.add(uid)
+            chain.append(uid)
+            uid = manager[uid]
+        d = depth.get(uid, 0)
+        for u in reversed(chain):
+            d += 1
+            depth[u] = d
+        return depth.get(chain[0], 0) if chain else depth.get(uid, 0)
+
+    return sorted(users, key=lambda u: depth_of(u.id))
 
 
 def obj_with(obj: SourceObject, attrs: Mapping[str, Any]) -> SourceObject:

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 from scimgrip.engine.config import AttributeMapping
 from scimgrip.engine.model import ObjectType, SourceObject
 from scimgrip.engine.scope import is_false, is_true, lookup
+from scimgrip.engine.values import parsed_path
 from scimgrip.scim.errors import ScimError
 from scimgrip.scim.model import StoredResource
 from scimgrip.scim.patch import PatchOperation, apply_patch
-from scimgrip.scim.paths import parse_patch_path
 from scimgrip.scim.schema import CORE_GROUP, CORE_USER, DEFAULT_REGISTRY, Attribute, SchemaRegistry
 from scimgrip.scim.tolerance import DEFAULT_POLICY
 
@@ -100,10 +100,8 @@ def _raw_value(m: AttributeMapping, attrs: Mapping[str, Any], ctx: EvalContext |
 def target_attribute(path: str, object_type: ObjectType | str, registry: SchemaRegistry = DEFAULT_REGISTRY) \
         -> Attribute | None:
     """The schema definition ``path`` designates (the sub-attribute for ``emails[type eq "work"].value``)."""
-    try:
-        return parse_patch_path(path, registry, object_type).target
-    except ScimError:
-        return None
+    parsed = parsed_path(path, str(object_type), registry)
+    return None if parsed is None else parsed.target
 
 
 def _text(value: Any) -> str:
