@@ -68,8 +68,9 @@ class BulkBatcher:
         self._dispatcher.start()
 
     # -- callers --------------------------------------------------------------------------------------------------
-    def request(self, method: str, path: str, data: Any) -> tuple[int, Any, float]:
-        """Send ``method path`` with body ``data`` inside a BulkRequest; ``(status, body, elapsed ms)``.
+    def request(self, method: str, path: str, data: Any) -> tuple[int, Any, float | None]:
+        """Send ``method path`` with body ``data`` inside a BulkRequest; ``(status, body, elapsed ms)``, the
+        elapsed time None when it went as a plain request (then the target's call hook has recorded it).
         Raises :class:`TargetError` like :meth:`ScimTarget.request`."""
         if self.enabled:
             op = _Op(method, path, data)
@@ -85,9 +86,8 @@ class BulkBatcher:
                 raise op.error
             if not op.fallback:
                 return op.status, op.body, op.elapsed_ms
-        started = time.perf_counter()
         status, body = self.target.request(method, path, json_body=data)
-        return status, body, (time.perf_counter() - started) * 1000
+        return status, body, None
 
     def close(self) -> None:
         with self._cond:

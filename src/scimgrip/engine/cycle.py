@@ -68,6 +68,7 @@ class Record:
     calls: list[dict[str, Any]] = field(default_factory=list)
     at: dt.datetime = field(default_factory=utcnow)
     duration_ms: float = 0.0
+    logged: bool = True            # False: not stored in the provisioning log (an unchanged object, see LOG note)
 
     def step(self, name: str, status: str, description: str, **details: Any) -> None:
         self.steps.append({"name": name, "status": status, "description": description,
@@ -162,6 +163,11 @@ class Engine:
         self._batcher: Any = None                          # BulkBatcher while a cycle runs against a Bulk target
         self._initial = False                              # the running cycle is initial (CYC-1)
         self._spc_adopted = False                          # the ServiceProviderConfig came from the job state
+        # an unchanged source user is skipped without evaluating its mappings, unless one is not a function of
+        # the source alone (Now, RandomString, Guid give another value each time)
+        self._skip_unchanged = not any(
+            m.kind == "Expression" and any(f in (m.source or "") for f in ("Now(", "RandomString(", "Guid("))
+            for m in getattr(getattr(config, "users", None), "attribute_mappings", ()))
 
     # ---------------------------------------------------------------------------------------------------------
     # public entry points
@@ -528,6 +534,9 @@ class Engine:
                         tick("groups")
                 queue, self._member_queue = self._member_queue, None
                 queue += self._requeue_groups(report, {g.id for g in groups}, group_members)
+                member_ids = {m for _, obj, _, _ in queue for m in obj.members or ()}
+                self._prefetch_links("User", member_ids)     # one read instead of one per member (GRP-2)
+                self._prefetch_links("Group", member_ids)
                 with cf.ThreadPoolExecutor(workers, thread_name_prefix="scimgrip-members") as pool:
                     for f in [pool.submit(self._sync_members_of, rec, obj, link, members, assignments)
                               for rec, obj, link, members in queue]:
@@ -590,12 +599,19 @@ class Engine:
             self.store.put_links(dirty)
 
     def _save_link(self, object_type: str, source_id: str, target_id: str, exported: dict[str, Any], *,
-                   state: str = "active", in_scope: bool = True) -> Any:
+                   state: str = "active", in_scope: bool = True, source_hash: str | None = None) -> Any:
+        """Queue a link write. ``source_hash`` (the source object last exported in full) is kept from the
+        current link unless given: reference and state updates do not change what the source said."""
         from scimgrip.engine.state import Link
 
-        link = Link(job_id=self.job_id, object_type=object_type, source_id=source_id, target_id=target_id,
-                    exported=exported, in_scope=in_scope, state=state)  # type: ignore[arg-type]
         key = (object_type, source_id)
+        if source_hash is None:
+            with self._lock:
+                current = self._new_links.get(key) or self._link_cache.get(key)
+            source_hash = getattr(current, "source_hash", None) if current is not None else None
+        link = Link(job_id=self.job_id, object_type=object_type, source_id=source_id, target_id=target_id,
+                    exported=exported, in_scope=in_scope, state=state,  # type: ignore[arg-type]
+                    source_hash=source_hash)
         with self._lock:
             self._new_links[key] = link
             self._dropped_links.discard(key)
@@ -778,6 +794,21 @@ class Engine:
                 deferred.append(_Deferred(rec, rec.action, do_disable))
             return
         rec.step("scoping", "success", decision.reason)
+        digest = _source_digest(obj) if object_type == "User" and self._skip_unchanged else None
+        if (digest is not None and link is not None and not self._initial and link.state == "active"
+                and link.in_scope and link.source_hash == digest):
+            # MAP-6 without evaluating the mappings: the source object is byte-for-byte what was last exported
+            rec.action, rec.status, rec.reason = "other", "skipped", "RedundantExport"
+            rec.step("export", "skipped", "the source object has not changed since it was last exported")
+            # a complete source re-reads every object each cycle; an unchanged one is no change, so — like an
+            # object a delta source does not return — it gets no provisioning-log record (counted in the report)
+            rec.logged = False
+            if manager_refs is not None:
+                holder = SourceObject("User", obj.id, {"__manager__": link.exported.get("__manager_source__"),
+                                                       "__target__": link.target_id})
+                with self._lock:
+                    manager_refs.append((rec, holder))
+            return
         creating = link is None
         desired = mapping.desired_values(obj_with(obj, attrs), om.attribute_mappings, creating=creating,
                                          ctx=self.ctx)
@@ -797,6 +828,10 @@ class Engine:
             link = self._update(rec, obj, object_type, om, desired, link)
             if link is None:
                 return
+        if digest is not None and rec.status != "failure" and rec.reason in (None, "RedundantExport"):
+            link = self._save_link("User", obj.id, link.target_id, {**link.exported,
+                                                                    "__manager_source__": manager_source},
+                                   state=link.state, in_scope=link.in_scope, source_hash=digest)
         # references
         if object_type == "User" and manager_refs is not None:
             with self._lock:
@@ -957,8 +992,9 @@ class Engine:
                 return {"id": f"planned-{self._planned_ids}"}
         if self._batcher is not None:
             status, created, elapsed = self._batcher.request("POST", f"/{object_type}s", body)
-            rec.calls.append({"method": "POST", "path": f"/{object_type}s", "status": status,
-                              "duration_ms": round(elapsed, 3), "bulk": True})
+            if elapsed is not None:   # one operation of a BulkRequest (a plain request is in the hook's records)
+                rec.calls.append({"method": "POST", "path": f"/{object_type}s", "status": status,
+                                  "duration_ms": round(elapsed, 3), "bulk": True})
             return created if isinstance(created, dict) else {}
         result: dict[str, Any] = self.target.create(object_type, body)
         return result
@@ -973,8 +1009,9 @@ class Engine:
         if self._batcher is not None:
             path = f"/{object_type}s/{quote(target_id, safe='')}"
             status, _, elapsed = self._batcher.request("PATCH", path, {"schemas": [PATCH_OP], "Operations": ops})
-            rec.calls.append({"method": "PATCH", "path": path, "status": status, "duration_ms": round(elapsed, 3),
-                              "bulk": True})
+            if elapsed is not None:
+                rec.calls.append({"method": "PATCH", "path": path, "status": status,
+                                  "duration_ms": round(elapsed, 3), "bulk": True})
             return
         self.target.patch(object_type, target_id, ops)
 
@@ -1205,6 +1242,8 @@ class Engine:
             return
         out = []
         for r in report.records:
+            if not r.logged:
+                continue
             out.append(LogRecord(
                 job_id=self.job_id, cycle_id=r.cycle_id, change_id=r.change_id, object_type=r.object_type,
                 source_id=r.source_id, action=r.action, status=r.status, at=r.at,  # type: ignore[arg-type]
@@ -1265,6 +1304,16 @@ def _dead_local_owner(owner: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _source_digest(obj: SourceObject) -> str:
+    """A digest of everything the source says about an object (its attributes, members and deleted flag)."""
+    import hashlib
+
+    import orjson
+
+    raw = orjson.dumps([obj.attributes, obj.members, obj.deleted], option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 def _managers_first(users: list[SourceObject]) -> list[SourceObject]:
