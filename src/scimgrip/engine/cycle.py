@@ -416,7 +416,7 @@ class Engine:
         """Objects in flight: the target's concurrency, or enough to fill ``concurrency`` BulkRequests."""
         concurrency = max(1, int(getattr(self.target, "concurrency", 4)))
         if self._batcher is not None and self._batcher.enabled:
-            return min(MAX_BULK_WORKERS, concurrency * self._batcher.max_operations)
+            return min(MAX_BULK_WORKERS, concurrency * int(self._batcher.max_operations))
         return concurrency
 
     def _escrowed_not_in(self, objects: list[SourceObject], state: Mapping[str, Any]) -> list[SourceObject]:
