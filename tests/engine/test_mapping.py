@@ -266,7 +266,10 @@ def test_post_body_from_a_template_equals_the_direct_build() -> None:
     from pathlib import Path
 
     from scimgrip.engine.expressions import EvalContext
+    from scimgrip.engine import mapping
     from scimgrip.engine.mapping import _build_resource
+
+    mapping._resource_template.cache_clear()
 
     sample = Path(__file__).resolve().parents[2] / "src/scimgrip/engine/sources/sample/directory.json"
     users = json.loads(sample.read_text())["users"]
@@ -274,6 +277,8 @@ def test_post_body_from_a_template_equals_the_direct_build() -> None:
     for u in users:
         obj = SourceObject("User", u["objectId"], {**u, "manager": None})
         desired = desired_values(obj, default_user_mappings(), creating=True, ctx=EvalContext(now=None))
-        shapes.add(tuple(desired))
+        shapes.add(tuple((p, "" if isinstance(v, str) else v) for p, v in desired.items()))
         assert scim_resource(desired, "User") == _build_resource(desired, "User"), u["objectId"]
     assert len(shapes) > 1
+    info = mapping._resource_template.cache_info()
+    assert info.misses == len(shapes) and info.hits == len(users) - len(shapes)    # the templates were used

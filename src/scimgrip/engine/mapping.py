@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -212,7 +213,7 @@ def _split_custom_urn(path: str) -> tuple[str, str]:
     return urn, attr
 
 
-_SLOT = "\x00scimgrip-slot-{}\x00"
+_SLOT = "scimgrip-slot-{}-" + secrets.token_hex(8)   # unguessable: a source value can never equal a slot
 
 
 def _fill(value: Any, slots: Mapping[str, Any]) -> tuple[Any, int]:

@@ -145,11 +145,21 @@ def _mask(value: Any) -> Any:
     return value
 
 
-def _render(body: Any) -> str | None:
-    """Masked, truncated JSON text of a body for a :class:`CallRecord`."""
+_SENSITIVE_BYTES = re.compile(rb"password|secret|token", re.IGNORECASE)
+
+
+def _render(body: Any, encoded: bytes | None = None) -> str | None:
+    """Masked, truncated JSON text of a body for a :class:`CallRecord`. ``encoded`` (the bytes sent) saves a
+    second encoding, and a body with no sensitive key anywhere is only truncated, not walked (a 100-operation
+    BulkRequest)."""
     if body is None:
         return None
-    text = body if isinstance(body, str) else orjson.dumps(_mask(body)).decode()
+    if isinstance(body, str):
+        text = body
+    elif encoded is not None and not _SENSITIVE_BYTES.search(encoded):
+        text = encoded[:MAX_BODY_CHARS + 8].decode(errors="ignore")
+    else:
+        text = orjson.dumps(_mask(body)).decode()
     return text if len(text) <= MAX_BODY_CHARS else text[:MAX_BODY_CHARS] + "…"
 
 
@@ -375,7 +385,7 @@ class ScimTarget:
         Statuses in ``ok`` (e.g. 404 for ``get``) are returned instead of raised.
         """
         content = orjson.dumps(json_body) if json_body is not None else None
-        shown_request = _render(json_body)
+        shown_request = _render(json_body, content)
         shown_params = dict(params) if params else None
         idempotent = method.upper() != "POST"
         retries = throttles = attempt = 0
@@ -675,7 +685,9 @@ class ScimTarget:
         while pending:
             if fail_on_errors is not None and errors >= fail_on_errors:
                 break
-            chunk = [self._substitute(op, ids) for op in next(self._bulk_chunks(pending, max_ops))]
+            chunk = next(self._bulk_chunks(pending, max_ops))
+            if ids:      # bulkId references to operations of earlier chunks
+                chunk = [self._substitute(op, ids) for op in chunk]
             request: dict[str, Any] = {"schemas": [BULK_REQUEST], "Operations": chunk}
             if fail_on_errors is not None:
                 request["failOnErrors"] = fail_on_errors - errors
