@@ -14,7 +14,9 @@ One :class:`Engine` runs one job. A cycle:
 
 Every object gets one provisioning-log record with its steps; every HTTP call carries the record's change id
 (LOG-4). Objects are processed concurrently up to the target's concurrency; the target client enforces the
-rate limit and ``Retry-After``. A dry run (DRY) sends nothing but GETs and returns the plan as log records with
+rate limit and ``Retry-After``. Against a target with ``/Bulk`` the writes of those threads are coalesced into
+BulkRequests (``bulk_batcher``); an initial cycle matches from one listing of the target (``match_index``);
+an incremental cycle skips users whose source is unchanged without evaluating their mappings (docs/engine.md). A dry run (DRY) sends nothing but GETs and returns the plan as log records with
 status ``planned``.
 """
 
