@@ -265,8 +265,8 @@ def test_post_body_from_a_template_equals_the_direct_build() -> None:
     directory (diacritics, missing attributes, disabled users) the body equals the protocol core's direct build."""
     from pathlib import Path
 
-    from scimgrip.engine.expressions import EvalContext
     from scimgrip.engine import mapping
+    from scimgrip.engine.expressions import EvalContext
     from scimgrip.engine.mapping import _build_resource
 
     mapping._resource_template.cache_clear()

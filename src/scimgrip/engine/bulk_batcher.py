@@ -4,7 +4,7 @@ The cycle processes each object on its own worker thread (match → create or up
 per-object logic — 409 re-match, 404 ``InvalidAnchor``, escrow — in one place. With a target that advertises
 ``bulk.supported``, those threads hand their POST/PATCH to one :class:`BulkBatcher` and wait: a dispatcher collects
 the waiting operations into BulkRequests of at most ``max_operations`` (and the target's ``maxPayloadSize``, which
-:meth:`ScimTarget.bulk` enforces), sends up to ``concurrency`` of them at a time, and gives every thread its own
+:meth:`ScimTarget.bulk` enforces), sends up to ``in_flight`` of them at a time, and gives every thread its own
 operation's result — a failed operation raises the same :class:`TargetError` a single request would have, so it
 is escrowed like one. Each operation carries a unique ``bulkId`` and results are mapped back by it.
 
@@ -53,7 +53,7 @@ class BulkBatcher:
     (closing it sends what is pending and stops the dispatcher)."""
 
     def __init__(self, target: ScimTarget, *, max_operations: int | None = None,
-                 linger: float = LINGER_SECONDS) -> None:
+                 linger: float = LINGER_SECONDS, in_flight: int | None = None) -> None:
         advertised = target.bulk_max_operations or DEFAULT_MAX_OPERATIONS
         self.target = target
         self.max_operations = max(1, min(advertised, max_operations or DEFAULT_MAX_OPERATIONS))
@@ -63,7 +63,8 @@ class BulkBatcher:
         self._cond = threading.Condition()
         self._pending: list[_Op] = []
         self._closed = False
-        self._slots = threading.BoundedSemaphore(max(1, target.concurrency))
+        self.in_flight = max(1, min(target.concurrency, in_flight or target.concurrency))
+        self._slots = threading.BoundedSemaphore(self.in_flight)
         self._dispatcher = threading.Thread(target=self._dispatch, name="scimgrip-bulk", daemon=True)
         self._dispatcher.start()
 
@@ -94,7 +95,7 @@ class BulkBatcher:
             self._closed = True
             self._cond.notify_all()
         self._dispatcher.join()
-        for _ in range(max(1, self.target.concurrency)):   # wait for the batches in flight
+        for _ in range(self.in_flight):   # wait for the batches in flight
             self._slots.acquire()
 
     def __enter__(self) -> BulkBatcher:

@@ -16,8 +16,8 @@ Every object gets one provisioning-log record with its steps; every HTTP call ca
 (LOG-4). Objects are processed concurrently up to the target's concurrency; the target client enforces the
 rate limit and ``Retry-After``. Against a target with ``/Bulk`` the writes of those threads are coalesced into
 BulkRequests (``bulk_batcher``); an initial cycle matches from one listing of the target (``match_index``);
-an incremental cycle skips users whose source is unchanged without evaluating their mappings (docs/engine.md). A dry run (DRY) sends nothing but GETs and returns the plan as log records with
-status ``planned``.
+an incremental cycle skips users whose source is unchanged without evaluating their mappings (docs/engine.md).
+A dry run (DRY) sends nothing but GETs and returns the plan as log records with status ``planned``.
 """
 
 from __future__ import annotations
@@ -407,7 +407,9 @@ class Engine:
         if self.dry_run or not getattr(self.target, "bulk_enabled", False):
             yield
             return
-        with BulkBatcher(self.target) as batcher:
+        # as many BulkRequests in flight as the worker threads can fill: full batches cost the target less per
+        # operation than many small ones (bench/engine.py)
+        with BulkBatcher(self.target, in_flight=max(1, MAX_BULK_WORKERS // 100)) as batcher:
             self._batcher = batcher
             try:
                 yield
