@@ -484,9 +484,8 @@ class Engine:
         extra: list[SourceObject] = []
         if complete:
             for kind in ("User", "Group"):
-                for link in self.store.iter_links(self.job_id, kind):
-                    if link.source_id not in seen:
-                        extra.append(SourceObject(kind, link.source_id, {}, deleted=True))  # hard-deleted
+                for source_id in sorted(self.store.link_source_ids(self.job_id, kind) - seen):
+                    extra.append(SourceObject(kind, source_id, {}, deleted=True))  # hard-deleted
         elif assigned is not None:
             for sid in previously - assigned - seen:
                 extra.append(SourceObject("User", sid, {"__unassigned__": True}))

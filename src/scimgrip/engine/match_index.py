@@ -72,7 +72,7 @@ class MatchIndex:
         """List the target once if that is cheaper than ``to_match`` filter queries; None: use queries."""
         from scimgrip.engine.target import TargetError
 
-        if to_match < MIN_UNLINKED or not paths or not hasattr(target, "list_all"):
+        if to_match < MIN_UNLINKED or not paths or not (hasattr(target, "list_all") and hasattr(target, "count")):
             return None
         try:
             total = target.count(object_type)

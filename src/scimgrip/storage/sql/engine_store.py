@@ -507,6 +507,11 @@ class SqlEngineStore(Transactions, EngineStore):
                 return
             last = (rows[-1].object_type, rows[-1].source_id)
 
+    def link_source_ids(self, job: JobRef, object_type: str) -> set[str]:
+        el = engine_links
+        stmt = select(el.c.source_id).where(el.c.job_id == self._resolve(job), el.c.object_type == object_type)
+        return {row.source_id for row in self._read(_fetch_all(stmt))}
+
     def count_links(self, job: JobRef, object_type: str | None = None, *, in_scope: bool | None = None) -> int:
         el = engine_links
         cond: list[ColumnElement[bool]] = [el.c.job_id == self._resolve(job)]
