@@ -843,3 +843,21 @@ def test_reference_escrow_cleared_after_later_success(job: Job) -> None:
     assert target_user(job, f"worker.{tag}@example.com")[ENT]["manager"]["value"] == boss
     assert job.store.get_escrow("job", "User", f"{tag}-u", is_reference=True) is None
     assert job.store.count_escrows("job") == 0
+
+
+def test_bulk_respects_max_operations_and_max_payload_size(job: Job) -> None:
+    """The target's advertised ``bulk.maxOperations`` and ``maxPayloadSize`` bound every BulkRequest (RFC 7644
+    §3.7.4). The SPC is the one the engine keeps in the job state (WIRE-4), here a stricter one than the server's."""
+    spc = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"], "patch": {"supported": True},
+           "bulk": {"supported": True, "maxOperations": 5, "maxPayloadSize": 2500},
+           "filter": {"supported": True, "maxResults": 200}}
+    job.store.save_job_state("job", state={"service_provider_config": {"fetched": job.clock().isoformat(),
+                                                                      "config": spc}})
+    ids = users_job(job, 30)
+    report = job.run(use_bulk="auto")
+    assert all(records_of(report, i) == [("create", "success", None)] for i in ids)
+    with job.lock:
+        bulks = [c.request_body or "" for c in job.calls if c.path == "/Bulk"]
+    assert len(bulks) >= 6                                          # 30 creates, at most 5 per request
+    assert all(len(b.encode()) <= 2500 and len(json.loads(b)["Operations"]) <= 5 for b in bulks)
+    assert ("GET", "/ServiceProviderConfig") not in {(s.method, s.path) for s in job.seen()}
