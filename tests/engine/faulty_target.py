@@ -93,6 +93,7 @@ class Faults:
             self.seen.clear()
             self.member_cap = None
             self.rate_limit = None
+            self.rate_retry_after = "0.1"
             self.rewrite = None
             self.tokens = None
             self.in_flight = self.max_in_flight = 0

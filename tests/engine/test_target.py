@@ -451,19 +451,19 @@ def _hammer(t: ScimTarget, n: int) -> None:
 
 
 def test_err_3b_aimd_converges_below_the_targets_limit(faulty: FaultyTarget, faults: Faults) -> None:
-    """A target that answers 429 above 20 requests/s; the client is configured for 200/s. Each 429 halves the
+    """A target that answers 429 above 40 requests/s; the client is configured for 400/s. Each 429 halves the
     rate, so after a handful of 429s every request goes through — without AIMD, most of them are refused."""
-    faults.rate_limit = 20
-    with make(faulty, rate_per_second=200, burst=1, concurrency=1, adaptive=True) as t:
-        _hammer(t, 40)
-        assert t.rate is not None and t.rate <= 20
+    faults.rate_limit, faults.rate_retry_after = 40, "0.02"
+    with make(faulty, rate_per_second=400, burst=1, concurrency=1, adaptive=True) as t:
+        _hammer(t, 30)
+        assert t.rate is not None and t.rate <= 40
     adaptive_429 = sum(1 for s in faults.requests() if s.status == 429)
     assert 1 <= adaptive_429 <= 8
     faults.clear()
-    faults.rate_limit = 20
-    with make(faulty, rate_per_second=200, burst=1, concurrency=1, adaptive=False) as t:
-        _hammer(t, 40)
-        assert t.rate == 200
+    faults.rate_limit, faults.rate_retry_after = 40, "0.02"
+    with make(faulty, rate_per_second=400, burst=1, concurrency=1, adaptive=False) as t:
+        _hammer(t, 30)
+        assert t.rate == 400
     fixed_429 = sum(1 for s in faults.requests() if s.status == 429)
     assert fixed_429 > 2 * adaptive_429
 
