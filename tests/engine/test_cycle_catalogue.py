@@ -770,6 +770,7 @@ def test_bulk_initial_cycle_with_listing_and_managers(job: Job) -> None:
     assert not [s for s in seen if "filter=" in s.query]          # matched in the listing, not per object
     assert [s.path for s in seen].count("/Bulk") >= 1
     assert len(seen) < 30                                          # 60 creates + 59 managers in a few requests
+    assert sum("in a BulkRequest" in json.dumps(r.steps) for r in report.records) >= 30       # LOG says how
     boss = link_of(job, "User", f"{tag}-boss").target_id
     assert all(target_user(job, job.source.users[i]["userPrincipalName"])[ENT]["manager"]["value"] == boss
                for i in ids[:5])

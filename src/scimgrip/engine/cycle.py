@@ -952,7 +952,7 @@ class Engine:
         target_id = str(created["id"])
         rec.target_id = target_id
         rec.modified = [{"name": k, "old": None, "new": v} for k, v in desired.items()]
-        rec.step("export", "success", f"POST /{object_type}s → {target_id}")
+        rec.step("export", "success", f"POST /{object_type}s → {target_id}{_via_bulk(rec)}")
         exported = dict(desired)
         return self._save_link(object_type, obj.id, target_id, exported)
 
@@ -995,7 +995,8 @@ class Engine:
                 exported.pop(op["path"], None)
             else:
                 exported[op["path"]] = new
-        rec.step("export", "success", f"PATCH /{object_type}s/{link.target_id} ({len(ops)} operations)")
+        rec.step("export", "success",
+                 f"PATCH /{object_type}s/{link.target_id} ({len(ops)} operations){_via_bulk(rec)}")
         return self._save_link(object_type, obj.id, link.target_id, exported)
 
     # -- writes (dry run: planned, not sent) -------------------------------------------------------------------
@@ -1338,6 +1339,11 @@ def _dead_local_owner(owner: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _via_bulk(rec: Record) -> str:
+    """LOG: say so when the record's last write was an operation of a BulkRequest."""
+    return " (in a BulkRequest)" if rec.calls and rec.calls[-1].get("bulk") else ""
 
 
 def _source_digest(obj: SourceObject) -> str:
