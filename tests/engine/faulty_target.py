@@ -71,6 +71,11 @@ class Seen:
 class Faults:
     faults: list[Fault] = field(default_factory=list)
     member_cap: int | None = None
+    rate_limit: float | None = None        # requests/s above which the target answers 429 (a token bucket)
+    rate_retry_after: str = "0.1"
+    rewrite: Any = None                    # (method, path, body) -> body: e.g. poison one Bulk operation
+    tokens: float | None = None            # state of the rate_limit bucket
+    stamp: float = 0.0
     seen: list[Seen] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -87,7 +92,22 @@ class Faults:
             self.faults.clear()
             self.seen.clear()
             self.member_cap = None
+            self.rate_limit = None
+            self.rate_retry_after = "0.1"
+            self.rewrite = None
+            self.tokens = None
             self.in_flight = self.max_in_flight = 0
+
+    def over_rate(self) -> bool:
+        """A token bucket of ``rate_limit`` per second (burst 1): True when this request exceeds it."""
+        with self.lock:
+            if self.rate_limit is None:
+                return False
+            now = time.monotonic()
+            tokens = 1.0 if self.tokens is None else min(1.0, self.tokens + (now - self.stamp) * self.rate_limit)
+            self.stamp = now
+            self.tokens = tokens - 1.0 if tokens >= 1.0 else tokens
+            return tokens < 1.0
 
     def take(self, method: str, path: str) -> Fault | None:
         with self.lock:
@@ -142,6 +162,8 @@ class FaultMiddleware:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
+        if self.faults.rewrite is not None:
+            body = self.faults.rewrite(method, path, body)
         seen = Seen(time.monotonic(), method, path, scope.get("query_string", b"").decode(),
                     int((scope.get("client") or ("", 0))[1]), members=_members_in(body) if method == "PATCH" else 0,
                     headers={k.decode().lower(): v.decode() for k, v in scope.get("headers", [])})
@@ -168,6 +190,8 @@ class FaultMiddleware:
             raise ConnectionResetError("faulty target: connection dropped")  # uvicorn closes the socket
         if fault is None and self.faults.member_cap is not None and seen.members > self.faults.member_cap:
             fault = Fault("status", status=413)
+        if fault is None and self.faults.over_rate():
+            fault = Fault("status", status=429, retry_after=self.faults.rate_retry_after)
         if fault is not None:
             seen.status = fault.status
             payload = json.dumps({"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],

@@ -136,7 +136,9 @@ class Job:
                 f"target: {{base_url: {json.dumps(self.faulty.url)}, token: x, rate: {{per_second: 5000}}}}\n"
                 + self.yaml_extra)
 
-    def build(self, *, dry_run: bool = False, members_per_patch: int = 100) -> Engine:
+    def build(self, *, dry_run: bool = False, members_per_patch: int = 100, use_bulk: str = "never") -> Engine:
+        """The engine against the faulty target; ``use_bulk`` "never" by default, so the request counts of the
+        catalogue are those of single requests (the Bulk tests pass "auto")."""
         cfg = load_job_config(self.config_text())
 
         def on_call(call: CallRecord) -> None:
@@ -147,7 +149,7 @@ class Job:
 
         target = ScimTarget(self.faulty.url, self.token or self.faulty.token, concurrency=4, on_call=on_call,
                             backoff_base=0.01, members_per_patch=members_per_patch,
-                            max_retries=cfg.target.retries)
+                            max_retries=cfg.target.retries, use_bulk=use_bulk)
         self.engine = Engine("job", cfg, self.store, self.source, target, dry_run=dry_run, clock=self.clock,
                              notifier=self.notifier)
         return self.engine
@@ -740,3 +742,123 @@ def test_reconcile_reports_and_repairs_drift(job: Job) -> None:
     engine = job.build()
     left = [d for d in reconcile(engine) if d.target_id in {u0.target_id, g.target_id, orphan}]
     assert [(d.kind, d.target_id) for d in left] == [("orphan", orphan)]
+
+
+# -- Bulk, matching from one listing, reference escrows (WIRE-4, MAT-1, ERR-1) --------------------------------
+def _poison(user_name: str) -> Any:
+    """A request rewrite that blanks ``userName`` in the create of ``user_name`` — inside a BulkRequest or a
+    plain POST — so the real server rejects just that operation with 400."""
+    def rewrite(method: str, path: str, body: bytes) -> bytes:
+        if method != "POST" or path not in ("/Bulk", "/Users") or user_name.encode() not in body:
+            return body
+        doc = json.loads(body)
+        for data in ([op.get("data") or {} for op in doc.get("Operations", [])] if path == "/Bulk" else [doc]):
+            if data.get("userName") == user_name:
+                data["userName"] = ""
+        return json.dumps(doc).encode()
+    return rewrite
+
+
+def test_bulk_initial_cycle_with_listing_and_managers(job: Job) -> None:
+    tag = uid()
+    job.source.user(f"{tag}-boss", f"boss.{tag}@example.com")
+    ids = users_job(job, 59, manager=f"{tag}-boss")
+    report = job.run(use_bulk="auto")
+    assert {r.source_id for r in report.records if (r.action, r.status) == ("create", "success")} == \
+        set(ids) | {f"{tag}-boss"}
+    seen = job.seen()
+    assert not [s for s in seen if "filter=" in s.query]          # matched in the listing, not per object
+    assert [s.path for s in seen].count("/Bulk") >= 1
+    assert len(seen) < 30                                          # 60 creates + 59 managers in a few requests
+    assert sum("in a BulkRequest" in json.dumps(r.steps) for r in report.records) >= 30       # LOG says how
+    boss = link_of(job, "User", f"{tag}-boss").target_id
+    assert all(target_user(job, job.source.users[i]["userPrincipalName"])[ENT]["manager"]["value"] == boss
+               for i in ids[:5])
+    report = job.run(use_bulk="auto")                             # nothing changed: nothing sent
+    assert job.methods() == {} and report.kind == "incremental"
+
+
+@pytest.mark.parametrize("use_bulk", ["auto", "never"])
+def test_bulk_failed_operation_escrowed_like_a_single_request(job: Job, use_bulk: str) -> None:
+    """One rejected operation inside a BulkRequest fails, is escrowed and recovers exactly as the same rejected
+    single POST does (the "never" run is the reference)."""
+    ids = users_job(job, 6)
+    bad = ids[2]
+    job.faulty.faults.rewrite = _poison(job.source.users[bad]["userPrincipalName"])
+    report = job.run(use_bulk=use_bulk)
+    assert (("POST", "/Bulk") in {(s.method, s.path) for s in job.seen()}) == (use_bulk == "auto")
+    (failed,) = [r for r in report.records if r.source_id == bad]
+    assert (failed.action, failed.status, failed.reason) == ("create", "failure", "SchemaPropertyCanOnlyAcceptValue")
+    assert failed.detail == "attribute 'userName' is required"
+    assert all(records_of(report, i) == [("create", "success", None)] for i in ids if i != bad)
+    esc = escrow_of(job, bad)
+    assert esc.attempts == 1 and not esc.is_reference
+    job.faulty.faults.rewrite = None
+    job.clock.advance(minutes=41)
+    report = job.run(use_bulk=use_bulk)
+    assert records_of(report, bad) == [("create", "success", None)]
+    assert job.store.get_escrow("job", "User", bad) is None
+    target_user(job, job.source.users[bad]["userPrincipalName"])
+
+
+@pytest.mark.parametrize("status", [404, 501])
+def test_bulk_advertised_but_absent_falls_back_to_single_requests(job: Job, status: int) -> None:
+    ids = users_job(job, 6)
+    job.faulty.faults.add("status", method="POST", path="^/Bulk$", status=status, times=None)
+    report = job.run(use_bulk="auto")
+    assert all(records_of(report, i) == [("create", "success", None)] for i in ids)
+    posts = collections.Counter(s.path for s in job.seen("POST"))
+    assert posts["/Bulk"] <= 4 and posts["/Users"] == 6      # at most one failed BulkRequest per connection
+
+
+def test_listing_matches_existing_users_case_insensitively(job: Job) -> None:
+    ids = users_job(job, 60)
+    existing = {}
+    for oid in ids:
+        u = job.source.users[oid]
+        existing[oid] = create_on_target(job, {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                                               "userName": u["userPrincipalName"].upper(),
+                                               "displayName": u["displayName"]})
+    report = job.run()
+    assert not [s for s in job.seen("GET") if "filter=" in s.query]    # one listing, no per-object query
+    assert "POST" not in job.methods()                                   # userName is caseExact=false
+    assert {i: link_of(job, "User", i).target_id for i in ids} == existing
+    assert all("in the listing of the target" in json.dumps(r.steps) for r in report.records)
+
+
+def test_reference_escrow_cleared_after_later_success(job: Job) -> None:
+    tag = uid()
+    job.source.user(f"{tag}-m", f"boss.{tag}@example.com")
+    job.source.user(f"{tag}-u", f"worker.{tag}@example.com")
+    job.run()
+    job.source.update(f"{tag}-u", manager=f"{tag}-m")
+    job.faulty.faults.add("status", method="PATCH", path="^/Users/", status=500, times=4)
+    report = job.run()
+    assert records_of(report, f"{tag}-u") == [("other", "failure", "ReferenceFailure")]
+    esc = job.store.get_escrow("job", "User", f"{tag}-u", is_reference=True)
+    assert esc is not None and esc.is_reference
+    job.clock.advance(minutes=41)
+    report = job.run()
+    assert records_of(report, f"{tag}-u") == [("update", "success", None)]
+    boss = link_of(job, "User", f"{tag}-m").target_id
+    assert target_user(job, f"worker.{tag}@example.com")[ENT]["manager"]["value"] == boss
+    assert job.store.get_escrow("job", "User", f"{tag}-u", is_reference=True) is None
+    assert job.store.count_escrows("job") == 0
+
+
+def test_bulk_respects_max_operations_and_max_payload_size(job: Job) -> None:
+    """The target's advertised ``bulk.maxOperations`` and ``maxPayloadSize`` bound every BulkRequest (RFC 7644
+    §3.7.4). The SPC is the one the engine keeps in the job state (WIRE-4), here a stricter one than the server's."""
+    spc = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"], "patch": {"supported": True},
+           "bulk": {"supported": True, "maxOperations": 5, "maxPayloadSize": 2500},
+           "filter": {"supported": True, "maxResults": 200}}
+    job.store.save_job_state("job", state={"service_provider_config": {"fetched": job.clock().isoformat(),
+                                                                      "config": spc}})
+    ids = users_job(job, 30)
+    report = job.run(use_bulk="auto")
+    assert all(records_of(report, i) == [("create", "success", None)] for i in ids)
+    with job.lock:
+        bulks = [c.request_body or "" for c in job.calls if c.path == "/Bulk"]
+    assert len(bulks) >= 6                                          # 30 creates, at most 5 per request
+    assert all(len(b.encode()) <= 2500 and len(json.loads(b)["Operations"]) <= 5 for b in bulks)
+    assert ("GET", "/ServiceProviderConfig") not in {(s.method, s.path) for s in job.seen()}

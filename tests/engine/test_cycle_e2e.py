@@ -95,6 +95,7 @@ class Harness:
     calls: list[CallRecord] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     extra: str = ""
+    use_bulk: str = "never"      # the request counts below are those of single requests
 
     def run(self, *, dry_run: bool = False, initial: bool | None = None, extra: str | None = None) -> CycleReport:
         cfg = load_job_config(job_yaml(self.directory, self.tenant, self.extra if extra is None else extra))
@@ -107,7 +108,8 @@ class Harness:
                 self.calls.append(call)
             holder["engine"].on_call(call)
 
-        target = ScimTarget(self.tenant.url, self.tenant.token, concurrency=8, on_call=on_call)
+        target = ScimTarget(self.tenant.url, self.tenant.token, concurrency=8, on_call=on_call,
+                            use_bulk=self.use_bulk)
         try:
             engine = Engine("job", cfg, self.store, FileSource(self.directory), target, dry_run=dry_run)
             holder["engine"] = engine
@@ -295,8 +297,38 @@ def test_sample_directory_lifecycle(server: Server, tmp_path: Path) -> None:
     assert h.store.get_link("job", "User", newcomer["objectId"]) is None      # a plan writes no state
     real = h.run()
     assert {a for a in actions(real, "success") if a[2] != "other"} == planned
-    assert h.methods()["POST"] == 1 and h.methods()["PATCH"] == 5   # 3 updates + 1 disable + new hire's manager
+    # 3 updates + 1 disable; the new hire's manager exists, so it is in the POST (no follow-up PATCH, GRP-4)
+    assert h.methods()["POST"] == 1 and h.methods()["PATCH"] == 4
+    (post,) = [json.loads(c.request_body or "{}") for c in h.writes() if c.method == "POST"]
+    assert post[ENT]["manager"]["value"] == h.store.get_link("job", "User", sorted(exp2.users)[30]).target_id
     assert not [r for r in real.records if r.status == "failure"]
+
+
+def test_sample_directory_through_bulk(server: Server, tmp_path: Path) -> None:
+    """The same sample directory with ``/Bulk`` (WIRE-4): the target ends up exactly as with single requests —
+    users, managers, groups, memberships — in a fraction of the requests; then 10 changed users cost a few
+    requests (their PATCHes share BulkRequests; one that arrives alone goes as the plain PATCH) and no read."""
+    doc = json.loads(SAMPLE.read_text())
+    exp = expected(doc)
+    h = make_harness(server, tmp_path, "bulk", doc)
+    h.use_bulk = "auto"
+    report = h.run()
+    assert report.kind == "initial" and not [r for r in report.records if r.status == "failure"]
+    assert_target_matches(h.tenant, exp)
+    with h.lock:
+        posts = collections.Counter(c.path for c in h.calls if c.method == "POST")
+    assert posts["/Bulk"] >= 1 and sum(posts.values()) < (len(exp.users) + len(exp.groups)) / 5
+    changed = sorted(exp.users)[:10]
+    doc2 = copy.deepcopy(doc)
+    for uid in changed:
+        next(x for x in doc2["users"] if x["objectId"] == uid)["displayName"] += " (bulk)"
+    h.write_directory(doc2)
+    report = h.run()
+    assert {r.source_id for r in report.records if (r.action, r.status) == ("update", "success")} == set(changed)
+    assert "GET" not in h.methods() and 1 <= len(h.writes()) <= 4
+    assert [c.path for c in h.writes()].count("/Bulk") >= 1
+    by_name = {u["userName"]: u for u in target_state(h.tenant)[0]}
+    assert all(by_name[exp.users[u]["userPrincipalName"]]["displayName"].endswith(" (bulk)") for u in changed)
 
 
 # -- the CLI, as subprocesses -------------------------------------------------------------------------------------
@@ -390,5 +422,50 @@ def test_sigkill_mid_initial_cycle_then_rerun(server: Server, tmp_path: Path) ->
     store = open_engine_store(db)
     try:
         assert store.count_links("big", "User") == len(exp.users)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_t_cyc_4_stop_during_a_cycle(server: Server, tmp_path: Path, signum: int) -> None:
+    """T-CYC-4: ``scimgrip sync JOB`` (on its schedule, no ``--once``) stopped while its first cycle runs: the
+    cycle finishes — every user provisioned, watermark stored — and no new cycle starts (the process exits
+    instead of waiting for the next one)."""
+    doc = generate(tmp_path / "directory.json", 400, 4)
+    enabled = [u["objectId"] for u in doc["users"] if u.get("accountEnabled") is not False
+               and not u.get("softDeleted")]
+    doc["assignments"] = {"users": enabled[:120], "groups": []}
+    (tmp_path / "directory.json").write_text(json.dumps(doc))
+    exp = expected(doc)
+    tenant = server.tenant(f"stop{int(signum)}")
+    (tmp_path / "job.yaml").write_text(
+        job_yaml(tmp_path / "directory.json", tenant, "object_mappings:\n  groups: {enabled: false}\n")
+        .replace("per_second: 5000, concurrency: 8", "per_second: 60, concurrency: 2"))    # ~2 s of cycle
+    db = f"sqlite:///{tmp_path / 'engine.db'}"
+    assert scimgrip("job", "create", "stop", "--config", str(tmp_path / "job.yaml"), database=db).returncode == 0
+    proc = subprocess.Popen([*SCIMGRIP, "sync", "stop", "--json", "--quiet", "--database", db],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        with tenant.client() as c:
+            while (created := c.get("/Users", params={"count": 0}).json()["totalResults"]) < 10:
+                assert time.monotonic() < deadline and proc.poll() is None, "the cycle never started"
+                time.sleep(0.05)
+        proc.send_signal(signum)
+        assert created < 120, "the cycle had finished before the stop"
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    cycles = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert len(cycles) == 1                                     # the running cycle only; no new one
+    assert cycles[0]["counts"].get("create:success") == len(exp.users) == 120
+    users, _ = target_state(tenant)
+    assert len(users) == 120
+    store = open_engine_store(db)
+    try:
+        job = store.get_job("stop")
+        assert job is not None and job.watermark and job.last_cycle_id == cycles[0]["cycle_id"]
     finally:
         store.close()

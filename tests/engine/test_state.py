@@ -354,6 +354,8 @@ def test_links_bulk_iter_and_count(store: EngineStore, job: Job) -> None:
     assert [lk.source_id for lk in store.iter_links(job, "User", in_scope=False, batch=2)] == \
         [f"u{i:03d}" for i in range(25) if i % 3 == 0]
     assert [lk.source_id for lk in store.iter_links(job, "Group", batch=4)] == [f"g{i}" for i in range(4)]
+    assert store.link_source_ids(job, "Group") == {f"g{i}" for i in range(4)}
+    assert store.link_source_ids(job, "User") == {f"u{i:03d}" for i in range(25)}      # other jobs' not included
     # duplicates within one batch: the last wins
     store.put_links([Link(job.id, "User", "u001", "a"), Link(job.id, "User", "u001", "b")])
     linked = store.get_link(job, "User", "u001")

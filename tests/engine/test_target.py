@@ -442,3 +442,48 @@ def test_missing_service_provider_config_gives_defaults(faulty: FaultyTarget, fa
     assert results[0]["status"] == 201 and results[0]["response"]["id"] in ids
     assert not calls.of("POST", "/Bulk")
     assert [r.path for r in calls.records[:2]] == ["/ServiceProviderConfig", "/ServiceProviderConfigs"]
+
+
+# -- ERR-3b: adaptive rate (AIMD) ---------------------------------------------------------------------------------
+def _hammer(t: ScimTarget, n: int) -> None:
+    for _ in range(n):
+        t.request("GET", "/Users", params={"count": 0})
+
+
+def test_err_3b_aimd_converges_below_the_targets_limit(faulty: FaultyTarget, faults: Faults) -> None:
+    """A target that answers 429 above 40 requests/s; the client is configured for 400/s. Each 429 halves the
+    rate, so after a handful of 429s every request goes through — without AIMD, most of them are refused."""
+    faults.rate_limit, faults.rate_retry_after = 40, "0.02"
+    with make(faulty, rate_per_second=400, burst=1, concurrency=1, adaptive=True) as t:
+        _hammer(t, 30)
+        assert t.rate is not None and t.rate <= 40
+    adaptive_429 = sum(1 for s in faults.requests() if s.status == 429)
+    assert 1 <= adaptive_429 <= 8
+    faults.clear()
+    faults.rate_limit, faults.rate_retry_after = 40, "0.02"
+    with make(faulty, rate_per_second=400, burst=1, concurrency=1, adaptive=False) as t:
+        _hammer(t, 30)
+        assert t.rate == 400
+    fixed_429 = sum(1 for s in faults.requests() if s.status == 429)
+    assert fixed_429 > 2 * adaptive_429
+
+
+def test_err_3b_aimd_additive_increase_per_minute(faulty: FaultyTarget, faults: Faults) -> None:
+    """×0.5 per 429; +1 request/s per minute without one, up to the configured rate (fake clock)."""
+    now = [1000.0]
+    with make(faulty, rate_per_second=10, adaptive=True, clock=lambda: now[0], sleep=lambda s: None) as t:
+        faults.add("status", method="GET", path="^/Users$", status=429, retry_after="0", times=2)
+        _hammer(t, 1)
+        assert t.rate == 2.5                      # two 429s: 10 → 5 → 2.5
+        now[0] += 59
+        _hammer(t, 1)
+        assert t.rate == 2.5                      # not a minute yet
+        now[0] += 2
+        _hammer(t, 1)
+        assert t.rate == 3.5
+        now[0] += 180
+        _hammer(t, 1)
+        assert t.rate == 6.5
+        now[0] += 3600
+        _hammer(t, 1)
+        assert t.rate == 10                       # capped at the configured rate

@@ -205,7 +205,8 @@ def job_restart(name: str, database: DatabaseOpt = None,
 
 
 # -- sync -------------------------------------------------------------------------------------------------------
-def build_engine(store: Any, name: str, *, dry_run: bool = False, progress: Any = None) -> Any:
+def build_engine(store: Any, name: str, *, dry_run: bool = False, progress: Any = None,
+                 on_call: Any = None) -> Any:
     """Engine for a stored job: its source, its target client and the notifier from its configuration."""
     from scimgrip.engine.cycle import Engine
     from scimgrip.engine.notify import SmtpNotifier
@@ -231,16 +232,20 @@ def build_engine(store: Any, name: str, *, dry_run: bool = False, progress: Any 
                                 starttls=smtp.starttls if smtp else False)
     engine_holder: dict[str, Any] = {}
 
-    def on_call(call: Any) -> None:
+    extra_hook = on_call
+
+    def log_call(call: Any) -> None:
         engine = engine_holder.get("engine")
         if engine is not None:
             engine.on_call(call)
+        if extra_hook is not None:   # e.g. the benchmark's request counter
+            extra_hook(call)
 
     rate = cfg.target.rate
     target = ScimTarget(cfg.target.base_url, token, rate_per_second=rate.per_second, concurrency=rate.concurrency,
                         timeout=cfg.target.timeout_seconds, max_retries=cfg.target.retries,
                         members_per_patch=cfg.target.members_per_patch, use_bulk=cfg.target.use_bulk,
-                        on_call=on_call)
+                        on_call=log_call, burst=rate.burst, adaptive=rate.adaptive)
     engine = Engine(name, cfg, store, source, target, dry_run=dry_run, progress=progress, notifier=notifier)
     engine_holder["engine"] = engine
     return engine
@@ -265,7 +270,8 @@ def sync(job: str, database: DatabaseOpt = None,
              "--reconcile", help="Read the target back and report drift from what was provisioned.")] = False,
          repair: Annotated[bool, typer.Option("--repair", help="With --reconcile: repair the drift.")] = False,
          json_: JsonOpt = False, quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
-    """Run the job's cycles on its schedule (Ctrl-C: the running cycle finishes, then it stops; CYC-6)."""
+    """Run the job's cycles on its schedule (Ctrl-C or SIGTERM: the running cycle finishes, then it stops;
+    CYC-6)."""
     store = _store(database)
     if reconcile_:
         from scimgrip.engine.cycle import reconcile
@@ -293,7 +299,10 @@ def sync(job: str, database: DatabaseOpt = None,
         stop["requested"] = True
         err.print("[yellow]stopping after the current cycle (press Ctrl-C again to abort)[/yellow]")
 
+    # CYC-6 / T-CYC-4: Ctrl-C, or SIGTERM from a service manager, lets the running cycle finish and starts no
+    # new one; a second signal aborts
     previous = signal.signal(signal.SIGINT, on_signal)
+    previous_term = signal.signal(signal.SIGTERM, on_signal)
     code = 0
     try:
         while True:
@@ -340,6 +349,7 @@ def sync(job: str, database: DatabaseOpt = None,
                 break
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
         store.close()
     raise typer.Exit(code=code)
 

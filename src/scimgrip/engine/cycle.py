@@ -14,8 +14,10 @@ One :class:`Engine` runs one job. A cycle:
 
 Every object gets one provisioning-log record with its steps; every HTTP call carries the record's change id
 (LOG-4). Objects are processed concurrently up to the target's concurrency; the target client enforces the
-rate limit and ``Retry-After``. A dry run (DRY) sends nothing but GETs and returns the plan as log records with
-status ``planned``.
+rate limit and ``Retry-After``. Against a target with ``/Bulk`` the writes of those threads are coalesced into
+BulkRequests (``bulk_batcher``); an initial cycle matches from one listing of the target (``match_index``);
+an incremental cycle skips users whose source is unchanged without evaluating their mappings (docs/engine.md).
+A dry run (DRY) sends nothing but GETs and returns the plan as log records with status ``planned``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from scimgrip.engine import health
 from scimgrip.engine.model import Assignments, SourceObject
@@ -40,6 +43,8 @@ from scimgrip.engine.values import value_at
 log = logging.getLogger("scimgrip.engine")
 
 MANAGER_PATH = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager"
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+MAX_BULK_WORKERS = 256      # threads feeding the BulkBatcher (each waits for its operation's result)
 
 
 def utcnow() -> dt.datetime:
@@ -65,6 +70,7 @@ class Record:
     calls: list[dict[str, Any]] = field(default_factory=list)
     at: dt.datetime = field(default_factory=utcnow)
     duration_ms: float = 0.0
+    logged: bool = True            # False: not stored in the provisioning log (an unchanged object, see LOG note)
 
     def step(self, name: str, status: str, description: str, **details: Any) -> None:
         self.steps.append({"name": name, "status": status, "description": description,
@@ -149,10 +155,21 @@ class Engine:
         self._link_cache: dict[tuple[str, str], Any] = {}  # prefetched in bulk at cycle start
         self._dirty: dict[tuple[str, str], Any] = {}       # links to write, flushed in batches
         self._escrows: dict[tuple[str, str], Any] = {}     # this job's object escrows, read once per cycle
+        self._reference_escrows: set[tuple[str, str]] = set()   # objects whose last reference write failed
+        self._references_ok: set[tuple[str, str]] = set()       # objects whose references were written this cycle
         self._on_demand = False
         self._abort = False                                # set on a job-level failure (401): stop sending
         self._snapshots: dict[str, dict[str, Any]] = {}    # source objects that failed this cycle
         self._member_queue: list[tuple[Record, SourceObject, Any, Any]] | None = None
+        self._indexes: dict[str, Any] = {}                 # object type -> MatchIndex (one listing, MAT-1)
+        self._batcher: Any = None                          # BulkBatcher while a cycle runs against a Bulk target
+        self._initial = False                              # the running cycle is initial (CYC-1)
+        self._spc_adopted = False                          # the ServiceProviderConfig came from the job state
+        # an unchanged source user is skipped without evaluating its mappings, unless one is not a function of
+        # the source alone (Now, RandomString, Guid give another value each time)
+        self._skip_unchanged = not any(
+            m.kind == "Expression" and any(f in (m.source or "") for f in ("Now(", "RandomString(", "Guid("))
+            for m in getattr(getattr(config, "users", None), "attribute_mappings", ()))
 
     # ---------------------------------------------------------------------------------------------------------
     # public entry points
@@ -254,6 +271,8 @@ class Engine:
             complete = changes.complete
             if not complete:
                 objects += self._escrowed_not_in(objects, state)
+        self._initial = kind == "initial"
+        self._adopt_spc(state)
         try:
             self._run_objects(report, job, objects, assignments, complete=complete, state=state)
         except JobQuarantined as q:
@@ -281,6 +300,7 @@ class Engine:
                     self.store.save_job_state(self.name, quarantine=None)
                 self.store.set_status(self.name, "Active")
             changed = any(r.action != "other" and r.status == "success" for r in report.records)
+            self._keep_spc(state)
             state["last_cycle"] = {"id": report.cycle_id, "kind": kind, "finished": now.isoformat(),
                                    "counts": report.tally()}
             fields: dict[str, Any] = {"state": state, "last_cycle_id": report.cycle_id,
@@ -302,6 +322,28 @@ class Engine:
         report.tally()
         self._persist_records(report)
         return report
+
+    SPC_TTL = dt.timedelta(hours=1)
+
+    def _adopt_spc(self, state: dict[str, Any]) -> None:
+        """WIRE-4: the target's ServiceProviderConfig is read when the job starts and kept in the job state for
+        :attr:`SPC_TTL` (authentik caches it for an hour too), so an idle incremental cycle sends nothing."""
+        cached = state.get("service_provider_config")
+        adopt = getattr(self.target, "adopt_service_provider_config", None)
+        if not isinstance(cached, dict) or adopt is None:
+            return
+        try:
+            fresh = self.clock() - dt.datetime.fromisoformat(str(cached.get("fetched"))) < self.SPC_TTL
+        except ValueError:
+            return
+        if fresh and isinstance(cached.get("config"), dict):
+            adopt(cached["config"])
+            self._spc_adopted = True
+
+    def _keep_spc(self, state: dict[str, Any]) -> None:
+        spc = getattr(self.target, "fetched_service_provider_config", None)
+        if isinstance(spc, dict) and not self._spc_adopted:
+            state["service_provider_config"] = {"fetched": self.clock().isoformat(), "config": spc}
 
     def _enter_quarantine(self, reason: str, detail: str, state: dict[str, Any]) -> None:
         """QUA-1/QUA-3: status Quarantine; one e-mail per series and per change of reason."""
@@ -342,17 +384,44 @@ class Engine:
     def _run_objects(self, report: CycleReport, job: Any, objects: list[SourceObject], assignments: Assignments,
                      *, complete: bool, state: dict[str, Any] | None = None) -> None:
         state = state if state is not None else dict(job.state or {})
-        self._escrows = {(e.object_type, e.source_id): e for e in self.store.list_escrows(self.job_id)
-                         if not e.is_reference}
+        escrows = self.store.list_escrows(self.job_id)
+        self._escrows = {(e.object_type, e.source_id): e for e in escrows if not e.is_reference}
+        self._reference_escrows = {(e.object_type, e.source_id) for e in escrows if e.is_reference}
+        self._references_ok = set()
         self._snapshots = {}
         try:
-            self._run_phases(report, objects, assignments, complete=complete, state=state)
+            with self._bulk():
+                self._run_phases(report, objects, assignments, complete=complete, state=state)
         finally:
             self._clear_recovered_escrows(report)
             if not self.dry_run:
                 kept = {k: v for k, v in (state.get("escrow_objects") or {}).items()
                         if tuple(k.split(":", 1)) in self._escrows}
                 state["escrow_objects"] = {**kept, **self._snapshots}
+
+    @contextlib.contextmanager
+    def _bulk(self) -> Iterator[None]:
+        """WIRE-4: writes go through ``/Bulk`` while the cycle runs when the target offers it (bulk_batcher)."""
+        from scimgrip.engine.bulk_batcher import BulkBatcher
+
+        if self.dry_run or not getattr(self.target, "bulk_enabled", False):
+            yield
+            return
+        # as many BulkRequests in flight as the worker threads can fill: full batches cost the target less per
+        # operation than many small ones (bench/engine.py)
+        with BulkBatcher(self.target, in_flight=max(1, MAX_BULK_WORKERS // 100)) as batcher:
+            self._batcher = batcher
+            try:
+                yield
+            finally:
+                self._batcher = None
+
+    def _workers(self) -> int:
+        """Objects in flight: the target's concurrency, or enough to fill ``concurrency`` BulkRequests."""
+        concurrency = max(1, int(getattr(self.target, "concurrency", 4)))
+        if self._batcher is not None and self._batcher.enabled:
+            return min(MAX_BULK_WORKERS, concurrency * int(self._batcher.max_operations))
+        return concurrency
 
     def _escrowed_not_in(self, objects: list[SourceObject], state: Mapping[str, Any]) -> list[SourceObject]:
         """ERR-1 for delta sources: an escrowed object is retried when its back-off is due even if it did not
@@ -372,8 +441,16 @@ class Engine:
         return out
 
     def _clear_recovered_escrows(self, report: CycleReport) -> None:
-        """ERR-1: an escrowed object that went through without a failure leaves escrow."""
-        if self.dry_run or not self._escrows:
+        """ERR-1: an escrowed object that went through without a failure leaves escrow; so does a reference
+        escrow (a manager or member write that failed) once the object's references were written."""
+        if self.dry_run:
+            return
+        with self._lock:
+            recovered = self._references_ok & self._reference_escrows
+        for object_type, source_id in sorted(recovered):
+            self.store.clear_escrow(self.job_id, object_type, source_id, is_reference=True)
+            self._reference_escrows.discard((object_type, source_id))
+        if not self._escrows:
             return
         with self._lock:
             done = {(r.object_type, r.source_id) for r in report.records
@@ -407,9 +484,8 @@ class Engine:
         extra: list[SourceObject] = []
         if complete:
             for kind in ("User", "Group"):
-                for link in self.store.iter_links(self.job_id, kind):
-                    if link.source_id not in seen:
-                        extra.append(SourceObject(kind, link.source_id, {}, deleted=True))  # hard-deleted
+                for source_id in sorted(self.store.link_source_ids(self.job_id, kind) - seen):
+                    extra.append(SourceObject(kind, source_id, {}, deleted=True))  # hard-deleted
         elif assigned is not None:
             for sid in previously - assigned - seen:
                 extra.append(SourceObject("User", sid, {"__unassigned__": True}))
@@ -431,10 +507,19 @@ class Engine:
                                                               for o in users if o.attributes.get("manager")])
         self._prefetch_links("Group", [o.id for o in groups])
         user_map = cfg.users
-        workers = max(1, int(getattr(self.target, "concurrency", 4)))
+        users = _managers_first(users)
+        self._indexes = {}
+        self._index_for("User", user_map, users)
+        workers = self._workers()
+        # users whose source is unchanged only need their scope checked: on this thread, no future per object
+        unchanged = [o for o in users if self._probably_unchanged(o)]
+        quick = {id(o) for o in unchanged}
         with cf.ThreadPoolExecutor(workers, thread_name_prefix="scimgrip-engine") as pool:
             futures = [pool.submit(self._process, report, o, "User", user_map, assignments, assigned,
-                                   deferred, manager_refs) for o in users]
+                                   deferred, manager_refs) for o in users if id(o) not in quick]
+            for o in unchanged:
+                self._process(report, o, "User", user_map, assignments, assigned, deferred, manager_refs)
+                tick("users")
             for f in futures:        # in order: as_completed's waiters cost more than they buy here
                 f.result()
                 tick("users")
@@ -448,6 +533,7 @@ class Engine:
         if cfg.groups.enabled:
             deferred_groups: list[_Deferred] = []
             self._member_queue = []
+            self._index_for("Group", cfg.groups, groups)
             try:
                 with cf.ThreadPoolExecutor(workers, thread_name_prefix="scimgrip-engine") as pool:
                     futures = [pool.submit(self._process, report, o, "Group", cfg.groups, assignments, assigned,
@@ -457,6 +543,9 @@ class Engine:
                         tick("groups")
                 queue, self._member_queue = self._member_queue, None
                 queue += self._requeue_groups(report, {g.id for g in groups}, group_members)
+                member_ids = {m for _, obj, _, _ in queue for m in obj.members or ()}
+                self._prefetch_links("User", member_ids)     # one read instead of one per member (GRP-2)
+                self._prefetch_links("Group", member_ids)
                 with cf.ThreadPoolExecutor(workers, thread_name_prefix="scimgrip-members") as pool:
                     for f in [pool.submit(self._sync_members_of, rec, obj, link, members, assignments)
                               for rec, obj, link, members in queue]:
@@ -503,9 +592,16 @@ class Engine:
             self._link_cache[key] = link
         return link
 
+    def _probably_unchanged(self, obj: SourceObject) -> bool:
+        """An incremental cycle's user whose source digest equals its link's (``_process`` still decides)."""
+        if self._initial or not self._skip_unchanged or obj.deleted or (obj.object_type, obj.id) in self._escrows:
+            return False
+        link = self._link_cache.get((obj.object_type, obj.id))
+        return link is not None and link.source_hash is not None and link.source_hash == _source_digest(obj)
+
     def _prefetch_links(self, object_type: str, source_ids: Iterable[str]) -> None:
         """One bulk read of the links a cycle will need, instead of one query per object."""
-        ids = [i for i in source_ids if (object_type, i) not in self._link_cache]
+        ids = [i for i in dict.fromkeys(source_ids) if (object_type, i) not in self._link_cache]
         found = self.store.get_links(self.job_id, object_type, ids) if ids else {}
         with self._lock:
             for i in ids:
@@ -519,12 +615,19 @@ class Engine:
             self.store.put_links(dirty)
 
     def _save_link(self, object_type: str, source_id: str, target_id: str, exported: dict[str, Any], *,
-                   state: str = "active", in_scope: bool = True) -> Any:
+                   state: str = "active", in_scope: bool = True, source_hash: str | None = None) -> Any:
+        """Queue a link write. ``source_hash`` (the source object last exported in full) is kept from the
+        current link unless given: reference and state updates do not change what the source said."""
         from scimgrip.engine.state import Link
 
-        link = Link(job_id=self.job_id, object_type=object_type, source_id=source_id, target_id=target_id,
-                    exported=exported, in_scope=in_scope, state=state)  # type: ignore[arg-type]
         key = (object_type, source_id)
+        if source_hash is None:
+            with self._lock:
+                current = self._new_links.get(key) or self._link_cache.get(key)
+            source_hash = getattr(current, "source_hash", None) if current is not None else None
+        link = Link(job_id=self.job_id, object_type=object_type, source_id=source_id, target_id=target_id,
+                    exported=exported, in_scope=in_scope, state=state,  # type: ignore[arg-type]
+                    source_hash=source_hash)
         with self._lock:
             self._new_links[key] = link
             self._dropped_links.discard(key)
@@ -707,6 +810,21 @@ class Engine:
                 deferred.append(_Deferred(rec, rec.action, do_disable))
             return
         rec.step("scoping", "success", decision.reason)
+        digest = _source_digest(obj) if object_type == "User" and self._skip_unchanged else None
+        if (digest is not None and link is not None and not self._initial and link.state == "active"
+                and link.in_scope and link.source_hash == digest):
+            # MAP-6 without evaluating the mappings: the source object is byte-for-byte what was last exported
+            rec.action, rec.status, rec.reason = "other", "skipped", "RedundantExport"
+            rec.step("export", "skipped", "the source object has not changed since it was last exported")
+            # a complete source re-reads every object each cycle; an unchanged one is no change, so — like an
+            # object a delta source does not return — it gets no provisioning-log record (counted in the report)
+            rec.logged = False
+            if manager_refs is not None:
+                holder = SourceObject("User", obj.id, {"__manager__": link.exported.get("__manager_source__"),
+                                                       "__target__": link.target_id})
+                with self._lock:
+                    manager_refs.append((rec, holder))
+            return
         creating = link is None
         desired = mapping.desired_values(obj_with(obj, attrs), om.attribute_mappings, creating=creating,
                                          ctx=self.ctx)
@@ -719,13 +837,17 @@ class Engine:
                 rec.status, rec.reason = "skipped", "CreateNotEnabled"
                 rec.step("export", "skipped", "no match and the Create target action is off")
                 return
-            link = self._create(rec, obj, object_type, om, desired)
+            link = self._create(rec, obj, object_type, om, self._with_known_manager(desired, manager_source))
             if link is None:
                 return
         else:
             link = self._update(rec, obj, object_type, om, desired, link)
             if link is None:
                 return
+        if digest is not None and rec.status != "failure" and rec.reason in (None, "RedundantExport"):
+            link = self._save_link("User", obj.id, link.target_id, {**link.exported,
+                                                                    "__manager_source__": manager_source},
+                                   state=link.state, in_scope=link.in_scope, source_hash=digest)
         # references
         if object_type == "User" and manager_refs is not None:
             with self._lock:
@@ -738,9 +860,26 @@ class Engine:
                 self._sync_members(rec, obj, link, members_source, assignments)
 
     # -- matching (MAT-1…4) ------------------------------------------------------------------------------------
-    def _match(self, rec: Record, obj: SourceObject, object_type: str, om: Any, desired: dict[str, Any]) -> Any:
+    def _index_for(self, object_type: str, om: Any, objects: Sequence[SourceObject]) -> None:
+        """MAT-1 from one listing of the target when many objects have no link yet (see match_index)."""
+        from scimgrip.engine import mapping
+        from scimgrip.engine.match_index import MatchIndex
+
+        if not self._initial:
+            return     # incremental cycles match few objects: per-object queries, as Entra
+        unlinked = sum(1 for o in objects if not o.deleted and self._link(object_type, o.id) is None)
+        paths = [p for p, _m in mapping.matching_attributes(om.attribute_mappings)]
+        index = MatchIndex.build(self.target, object_type, paths, unlinked)
+        if index is not None:
+            self._indexes[object_type] = index
+
+    def _match(self, rec: Record, obj: SourceObject, object_type: str, om: Any, desired: dict[str, Any], *,
+               fresh: bool = False) -> Any:
+        """MAT-1: by priority, first hit wins. From the cycle's listing of the target when there is one, unless
+        ``fresh`` (after a 409 or an unknown POST outcome: ask the target itself)."""
         from scimgrip.engine import mapping
 
+        index = None if fresh else self._indexes.get(object_type)
         tried = []
         for path, _m in mapping.matching_attributes(om.attribute_mappings):
             value = desired.get(path)
@@ -748,12 +887,13 @@ class Engine:
                 continue
             flt = mapping.match_filter(path, value)
             tried.append(flt)
-            hits = self.target.query(object_type, flt, attributes=None if object_type == "User" else None)
+            hits = index.lookup(path, value) if index is not None else self.target.query(object_type, flt)
             if len(hits) == 1:
                 hit = hits[0]
                 exported = {p: value_at(hit, p, object_type) for p in desired}
                 exported = {k: v for k, v in exported.items() if v is not None}
-                rec.step("matching", "success", f"matched on {flt}", target_id=hit.get("id"))
+                how = " (in the listing of the target)" if index is not None else ""
+                rec.step("matching", "success", f"matched on {flt}{how}", target_id=hit.get("id"))
                 rec.target_id = hit.get("id")
                 return self._save_link(object_type, obj.id, str(hit["id"]), exported)
             if len(hits) > 1:
@@ -762,8 +902,19 @@ class Engine:
         if not tried:
             rec.step("matching", "failure", "the object has no value for any matching attribute")
             raise _Escrowable("ImportSkipped", "no value for any matching attribute (MAT-1)")
-        rec.step("matching", "success", f"no match ({'; '.join(tried)})")
+        how = " in the listing of the target" if index is not None else ""
+        rec.step("matching", "success", f"no match{how} ({'; '.join(tried)})")
         return None
+
+    def _with_known_manager(self, desired: dict[str, Any], manager_sid: Any) -> dict[str, Any]:
+        """GRP-4 in one request: a manager that is already provisioned goes into the POST itself, so only users
+        whose manager comes later need the follow-up PATCH (users are ordered managers first)."""
+        if not manager_sid:
+            return desired
+        mlink = self._link("User", str(manager_sid))
+        if mlink is None or mlink.state != "active" or not mlink.target_id:
+            return desired
+        return {**desired, MANAGER_PATH: mlink.target_id}
 
     def _create(self, rec: Record, obj: SourceObject, object_type: str, om: Any, desired: dict[str, Any]) -> Any:
         from scimgrip.engine import mapping
@@ -781,7 +932,7 @@ class Engine:
                     raise
                 # ERR-3e: the POST may have been applied (timeout, dropped connection): match before retrying
                 rec.step("export", "warning", f"POST outcome unknown ({exc.detail}): matching again before a retry")
-                again = self._match(rec, obj, object_type, om, desired)
+                again = self._match(rec, obj, object_type, om, desired, fresh=True)
                 if again is not None:
                     return self._update(rec, obj, object_type, om, desired, again)
                 # not visible yet: the target may still be applying it (a slow answer past our timeout), and a
@@ -794,14 +945,14 @@ class Engine:
                 raise
             # MAT-4: the target already has it — match once more and continue as an update
             rec.step("export", "warning", "409 on create: matching again")
-            link = self._match(rec, obj, object_type, om, desired)
+            link = self._match(rec, obj, object_type, om, desired, fresh=True)
             if link is None:
                 raise _Escrowable("EntryConflict", exc.detail or "409 on create and no match") from exc
             return self._update(rec, obj, object_type, om, desired, link)
         target_id = str(created["id"])
         rec.target_id = target_id
         rec.modified = [{"name": k, "old": None, "new": v} for k, v in desired.items()]
-        rec.step("export", "success", f"POST /{object_type}s → {target_id}")
+        rec.step("export", "success", f"POST /{object_type}s → {target_id}{_via_bulk(rec)}")
         exported = dict(desired)
         return self._save_link(object_type, obj.id, target_id, exported)
 
@@ -831,7 +982,7 @@ class Engine:
             # MAT-3: the linked object is gone — drop the link, match or create in the same change
             rec.step("export", "warning", "404 on the linked object: InvalidAnchor, recovering")
             self._drop_link(object_type, obj.id)
-            again = self._match(rec, obj, object_type, om, desired)
+            again = self._match(rec, obj, object_type, om, desired, fresh=True)
             if again is None:
                 return self._create(rec, obj, object_type, om, desired)
             return self._update(rec, obj, object_type, om, desired, again)
@@ -844,7 +995,8 @@ class Engine:
                 exported.pop(op["path"], None)
             else:
                 exported[op["path"]] = new
-        rec.step("export", "success", f"PATCH /{object_type}s/{link.target_id} ({len(ops)} operations)")
+        rec.step("export", "success",
+                 f"PATCH /{object_type}s/{link.target_id} ({len(ops)} operations){_via_bulk(rec)}")
         return self._save_link(object_type, obj.id, link.target_id, exported)
 
     # -- writes (dry run: planned, not sent) -------------------------------------------------------------------
@@ -855,6 +1007,12 @@ class Engine:
             with self._lock:
                 self._planned_ids += 1
                 return {"id": f"planned-{self._planned_ids}"}
+        if self._batcher is not None:
+            status, created, elapsed = self._batcher.request("POST", f"/{object_type}s", body)
+            if elapsed is not None:   # one operation of a BulkRequest (a plain request is in the hook's records)
+                rec.calls.append({"method": "POST", "path": f"/{object_type}s", "status": status,
+                                  "duration_ms": round(elapsed, 3), "bulk": True})
+            return created if isinstance(created, dict) else {}
         result: dict[str, Any] = self.target.create(object_type, body)
         return result
 
@@ -864,6 +1022,13 @@ class Engine:
             rec.calls.append({"method": "PATCH", "path": f"/{object_type}s/{target_id}",
                               "body": {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
                                        "Operations": ops}, "planned": True})
+            return
+        if self._batcher is not None:
+            path = f"/{object_type}s/{quote(target_id, safe='')}"
+            status, _, elapsed = self._batcher.request("PATCH", path, {"schemas": [PATCH_OP], "Operations": ops})
+            if elapsed is not None:
+                rec.calls.append({"method": "PATCH", "path": path, "status": status,
+                                  "duration_ms": round(elapsed, 3), "bulk": True})
             return
         self.target.patch(object_type, target_id, ops)
 
@@ -886,7 +1051,7 @@ class Engine:
             report.quarantine_detail = (f"{len(deferred)} objects would be disabled or deleted in one cycle; "
                                         "the accidental-deletion threshold holds them")
             return
-        workers = max(1, int(getattr(self.target, "concurrency", 4)))
+        workers = self._workers()
         with cf.ThreadPoolExecutor(workers) as pool:
             futures = {pool.submit(d.run): d for d in deferred}
             for f in cf.as_completed(futures):
@@ -923,10 +1088,28 @@ class Engine:
                 report.records.append(rec)
                 todo.append((rec, SourceObject("User", sid, {"__manager__": manager_sid,
                                                              "__target__": link.target_id})))
-        workers = max(1, int(getattr(self.target, "concurrency", 4)))
+        todo = [(rec, holder) for rec, holder in todo if rec.logged or not self._manager_settled(rec, holder)]
+        workers = self._workers()
         with cf.ThreadPoolExecutor(workers, thread_name_prefix="scimgrip-refs") as pool:
             for f in [pool.submit(self._resolve_manager, rec, holder) for rec, holder in todo]:
                 f.result()
+
+    def _manager_settled(self, rec: Record, holder: SourceObject) -> bool:
+        """True when :meth:`_resolve_manager` would change nothing for this user (checked inline for the users
+        skipped as unchanged, so an idle incremental cycle does not queue 10,000 no-ops)."""
+        link = self._link("User", rec.source_id)
+        if link is None or holder.attributes.get("__target__") is None:
+            return True
+        if ("User", rec.source_id) in self._reference_escrows:
+            return False
+        manager_sid = holder.attributes.get("__manager__")
+        pending = link.exported.get("__manager_pending__")
+        if not manager_sid:
+            return link.exported.get(MANAGER_PATH) is None and not pending
+        mlink = self._link("User", str(manager_sid))
+        if mlink is None or mlink.state != "active":
+            return bool(pending == manager_sid)
+        return mlink.target_id == link.exported.get(MANAGER_PATH) and not pending
 
     def _resolve_manager(self, rec: Record, holder: SourceObject) -> None:
         manager_sid = holder.attributes.get("__manager__")
@@ -956,6 +1139,7 @@ class Engine:
             want = mlink.target_id
         was_pending = bool(link.exported.get("__manager_pending__"))
         if want == current:
+            self._reference_ok("User", rec.source_id)
             if was_pending:
                 exported = dict(link.exported)
                 exported.pop("__manager_pending__", None)
@@ -986,10 +1170,15 @@ class Engine:
                         in_scope=link.in_scope)
         rec.modified.append({"name": MANAGER_PATH, "old": current, "new": want})
         rec.step("referenceResolution", "success", f"manager set to {want}" if want else "manager cleared")
+        self._reference_ok("User", rec.source_id)
         if rec.action == "other":
             rec.action, rec.status, rec.reason = "update", "success", None
         if not self.dry_run and was_pending:
             self.store.clear_pending_ref(self.job_id, "manager", rec.source_id)
+
+    def _reference_ok(self, object_type: str, source_id: str) -> None:
+        with self._lock:
+            self._references_ok.add((object_type, source_id))
 
     # -- group members (GRP-1, GRP-2) --------------------------------------------------------------------------
     def _requeue_groups(self, report: CycleReport, processed: set[str],
@@ -1051,6 +1240,7 @@ class Engine:
             for sid in sorted(known_missing - set(missing)):
                 self.store.clear_pending_ref(self.job_id, "member", obj.id, sid)
         if not add and not remove:
+            self._reference_ok("Group", obj.id)
             if known_missing != set(missing):
                 exported = dict(link.exported)
                 exported["__missing__"] = sorted(missing)
@@ -1075,6 +1265,7 @@ class Engine:
         rec.modified.append({"name": "members", "old": f"{len(have)} members",
                              "new": f"+{len(add)} -{len(remove)}"})
         rec.step("referenceResolution", "success", f"members: +{len(add)} -{len(remove)}")
+        self._reference_ok("Group", obj.id)
         if rec.action == "other":
             rec.action, rec.status, rec.reason = "update", "success", None
 
@@ -1086,6 +1277,8 @@ class Engine:
             return
         out = []
         for r in report.records:
+            if not r.logged:
+                continue
             out.append(LogRecord(
                 job_id=self.job_id, cycle_id=r.cycle_id, change_id=r.change_id, object_type=r.object_type,
                 source_id=r.source_id, action=r.action, status=r.status, at=r.at,  # type: ignore[arg-type]
@@ -1146,6 +1339,45 @@ def _dead_local_owner(owner: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _via_bulk(rec: Record) -> str:
+    """LOG: say so when the record's last write was an operation of a BulkRequest."""
+    return " (in a BulkRequest)" if rec.calls and rec.calls[-1].get("bulk") else ""
+
+
+def _source_digest(obj: SourceObject) -> str:
+    """A digest of everything the source says about an object (its attributes, members and deleted flag)."""
+    import hashlib
+
+    import orjson
+
+    raw = orjson.dumps([obj.attributes, obj.members, obj.deleted], option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def _managers_first(users: list[SourceObject]) -> list[SourceObject]:
+    """Users ordered by depth in the manager tree (stable), so a manager is usually linked before the users who
+    report to it are created and its reference can go into their POST (cycles in the data are cut)."""
+    manager = {u.id: str(u.attributes.get("manager")) for u in users if u.attributes.get("manager")}
+    if not manager:
+        return users
+    depth: dict[str, int] = {}
+
+    def depth_of(uid: str) -> int:
+        chain: list[str] = []
+        seen: set[str] = set()
+        while uid in manager and uid not in depth and uid not in seen:
+            seen.add(uid)
+            chain.append(uid)
+            uid = manager[uid]
+        d = depth.get(uid, 0)
+        for u in reversed(chain):
+            d += 1
+            depth[u] = d
+        return depth.get(chain[0], 0) if chain else depth.get(uid, 0)
+
+    return sorted(users, key=lambda u: depth_of(u.id))
 
 
 def obj_with(obj: SourceObject, attrs: Mapping[str, Any]) -> SourceObject:

@@ -125,15 +125,18 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
+@lru_cache(maxsize=256)
+def _folded(keys: tuple[str, ...]) -> dict[str, str]:
+    """Lower-case name → name for one set of attribute names (objects of a source share a few such sets)."""
+    return {k.lower(): k for k in reversed(keys) if isinstance(k, str)}
+
+
 def lookup(attrs: Mapping[str, Any], name: str) -> Any:
     """``attrs[name]``, falling back to a case-insensitive match (source attribute names, SCP-2)."""
     if name in attrs:
         return attrs[name]
-    low = name.lower()
-    for k, v in attrs.items():
-        if k.lower() == low:
-            return v
-    return None
+    key = _folded(tuple(attrs)).get(name.lower())
+    return attrs[key] if key is not None else None
 
 
 def is_true(value: Any) -> bool:

@@ -388,6 +388,10 @@ class EngineStore(abc.ABC):
         """Stream the links (by object type, then source id), ``batch`` rows per query."""
 
     @abc.abstractmethod
+    def link_source_ids(self, job: JobRef, object_type: str) -> set[str]:
+        """The source ids of every link of one type (a complete source's cycle finds hard deletes with it)."""
+
+    @abc.abstractmethod
     def count_links(self, job: JobRef, object_type: str | None = None, *, in_scope: bool | None = None) -> int:
         """CDS count (§1: grows on entering scope, does not shrink on soft/hard delete)."""
 

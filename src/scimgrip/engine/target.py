@@ -4,8 +4,10 @@
 * WIRE-1/WIRE-4: ``Authorization: Bearer``, ``application/scim+json``, keep-alive (one ``httpx.Client`` whose
   pool is sized to ``concurrency``), ``/ServiceProviderConfig`` discovered once and cached (404 → defaults),
   filters passed as query parameters (httpx form-encodes them), group reads with ``excludedAttributes=members``.
-* ERR-3a: a job-wide token bucket (``rate_per_second``, burst = ``concurrency``) and a semaphore of
+* ERR-3a: a job-wide token bucket (``rate_per_second``, ``burst``, default ``concurrency``) and a semaphore of
   ``concurrency`` requests in flight; the client is thread-safe.
+* ERR-3b AIMD (``adaptive``): each 429 halves the rate, each minute without one adds 1 request/s back up to
+  ``rate_per_second``, so a target with an unknown limit converges on it instead of answering 429 all cycle.
 * ERR-3b (T-ERR-1): 429 pauses **every** request of this target until ``Retry-After`` (seconds or HTTP date;
   30 s if absent, capped at 15 min) has passed, then the same request is retried.
 * ERR-3c (T-ERR-2, T-ERR-3): 5xx (but 501/505), timeouts and connection errors are retried with exponential
@@ -50,6 +52,10 @@ LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 DEFAULT_RETRY_AFTER = 30.0        # ERR-3b: 429 without Retry-After
 MAX_RETRY_AFTER = 900.0           # ERR-3b: cap 15 min
 MAX_BACKOFF = 30.0                # ERR-3c: back-off cap
+AIMD_DECREASE = 0.5               # ERR-3b: rate × 0.5 on 429 …
+AIMD_INCREASE = 1.0               # … + 1 request/s …
+AIMD_INCREASE_EVERY = 60.0        # … per minute without a 429
+AIMD_MIN_RATE = 0.5               # never below one request per 2 s
 MAX_BODY_CHARS = 4096             # CallRecord bodies are truncated to this
 MASK = "********"
 _SENSITIVE = re.compile(r"password|secret|token", re.IGNORECASE)
@@ -139,11 +145,21 @@ def _mask(value: Any) -> Any:
     return value
 
 
-def _render(body: Any) -> str | None:
-    """Masked, truncated JSON text of a body for a :class:`CallRecord`."""
+_SENSITIVE_BYTES = re.compile(rb"password|secret|token", re.IGNORECASE)
+
+
+def _render(body: Any, encoded: bytes | None = None) -> str | None:
+    """Masked, truncated JSON text of a body for a :class:`CallRecord`. ``encoded`` (the bytes sent) saves a
+    second encoding, and a body with no sensitive key anywhere is only truncated, not walked (a 100-operation
+    BulkRequest)."""
     if body is None:
         return None
-    text = body if isinstance(body, str) else orjson.dumps(_mask(body)).decode()
+    if isinstance(body, str):
+        text = body
+    elif encoded is not None and not _SENSITIVE_BYTES.search(encoded):
+        text = encoded[:MAX_BODY_CHARS + 8].decode(errors="ignore")
+    else:
+        text = orjson.dumps(_mask(body)).decode()
     return text if len(text) <= MAX_BODY_CHARS else text[:MAX_BODY_CHARS] + "…"
 
 
@@ -201,23 +217,50 @@ def _endpoint(resource_type: str) -> str:
 
 
 class _TokenBucket:
-    """ERR-3a: a thread-safe token bucket; callers reserve a token and sleep (outside the lock) until it is due."""
+    """ERR-3a/ERR-3b: a thread-safe token bucket whose rate adapts (AIMD). Callers reserve a token and sleep
+    (outside the lock) until it is due. :meth:`throttled` (a 429) halves the rate; every minute without one
+    adds 1 request/s back, up to the configured rate. While reduced, the burst is capped at one second's worth,
+    so the refilled bucket cannot send a full burst into a target that just said "too many"."""
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_rate = rate
         self.rate = rate
-        self.burst = float(max(1, burst))
+        self.max_burst = float(max(1, burst))
+        self.burst = self.max_burst
+        self.clock = clock
         self.tokens = self.burst
-        self.stamp = time.monotonic()
+        self.stamp = clock()
+        self.increase_at: float | None = None
         self.lock = threading.Lock()
+
+    def _recover(self, now: float) -> None:
+        if self.increase_at is None or now < self.increase_at:
+            return
+        steps = 1 + int((now - self.increase_at) // AIMD_INCREASE_EVERY)
+        self.rate = min(self.max_rate, self.rate + AIMD_INCREASE * steps)
+        self.burst = self.max_burst if self.rate >= self.max_rate else min(self.max_burst, max(1.0, self.rate))
+        self.increase_at = None if self.rate >= self.max_rate else self.increase_at + AIMD_INCREASE_EVERY * steps
 
     def reserve(self) -> float:
         """Take a token; return how long to wait before using it."""
         with self.lock:
-            now = time.monotonic()
+            now = self.clock()
+            self._recover(now)
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
             self.stamp = now
             self.tokens -= 1.0
             return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    def throttled(self) -> float:
+        """A 429: multiplicative decrease (× :data:`AIMD_DECREASE`, not below :data:`AIMD_MIN_RATE`); returns
+        the new rate. The additive increase starts a minute later."""
+        with self.lock:
+            now = self.clock()
+            self.rate = max(AIMD_MIN_RATE, self.rate * AIMD_DECREASE)
+            self.burst = min(self.max_burst, max(1.0, self.rate))
+            self.tokens = min(self.tokens, self.burst)
+            self.increase_at = now + AIMD_INCREASE_EVERY
+            return self.rate
 
 
 class ScimTarget:
@@ -228,7 +271,9 @@ class ScimTarget:
     def __init__(self, base_url: str, token: str, *, rate_per_second: float | None = None, concurrency: int = 4,
                  timeout: float = 30.0, max_retries: int = 4, backoff_base: float = 0.5, members_per_patch: int = 100,
                  use_bulk: str = "auto", on_call: Callable[[CallRecord], None] | None = None,
-                 transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] = time.sleep,
+                 burst: int | None = None, adaptive: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if members_per_patch < 1:
@@ -256,7 +301,9 @@ class ScimTarget:
             transport=transport,
         )
         self._slots = threading.BoundedSemaphore(concurrency)
-        self._bucket = _TokenBucket(rate_per_second, concurrency) if rate_per_second else None
+        self.adaptive = adaptive
+        self._bucket = (_TokenBucket(rate_per_second, burst or concurrency, clock=clock) if rate_per_second
+                        else None)
         self._lock = threading.Lock()
         self._pause_until = 0.0          # time.monotonic() before which no request is sent (ERR-3b)
         self._spc: dict[str, Any] | None = None
@@ -273,6 +320,12 @@ class ScimTarget:
         self.close()
 
     # -- the request loop (ERR-3) ------------------------------------------------------------------------------
+    @property
+    def rate(self) -> float | None:
+        """The current request rate limit (requests/s; None: unlimited) — below the configured one after 429s
+        when ``adaptive`` (ERR-3b)."""
+        return self._bucket.rate if self._bucket is not None else None
+
     @property
     def paused_for(self) -> float:
         """Seconds left of a job-wide 429 pause (0 if none)."""
@@ -332,7 +385,7 @@ class ScimTarget:
         Statuses in ``ok`` (e.g. 404 for ``get``) are returned instead of raised.
         """
         content = orjson.dumps(json_body) if json_body is not None else None
-        shown_request = _render(json_body)
+        shown_request = _render(json_body, content)
         shown_params = dict(params) if params else None
         idempotent = method.upper() != "POST"
         retries = throttles = attempt = 0
@@ -370,6 +423,8 @@ class ScimTarget:
                     raise error
                 wait = error.retry_after if error.retry_after is not None else DEFAULT_RETRY_AFTER
                 self._pause(min(wait, MAX_RETRY_AFTER))
+                if self.adaptive and self._bucket is not None:
+                    log.warning("%s %s: 429, request rate reduced to %.2f/s", method, path, self._bucket.throttled())
                 log.warning("%s %s: 429, pausing all calls for %.1f s", method, path, wait)
                 continue
             if status >= 500 and status not in _NOT_RETRIED_5XX and retries < self.max_retries:
@@ -395,6 +450,18 @@ class ScimTarget:
         with self._lock:
             self._spc = spc if spc is not None else dict(DEFAULT_SPC)
             return self._spc
+
+    @property
+    def fetched_service_provider_config(self) -> dict[str, Any] | None:
+        """The ServiceProviderConfig if it has been read (or adopted), else None — nothing is sent."""
+        with self._lock:
+            return self._spc
+
+    def adopt_service_provider_config(self, spc: dict[str, Any]) -> None:
+        """Use a cached ServiceProviderConfig (the engine keeps one per job for an hour, WIRE-4) instead of
+        reading it again."""
+        with self._lock:
+            self._spc = dict(spc)
 
     def _spc_block(self, name: str) -> dict[str, Any]:
         block = self.service_provider_config().get(name)
@@ -475,6 +542,12 @@ class ScimTarget:
                 break
             start = (_int_or_none(body.get("startIndex")) or start) + len(resources)
         return found
+
+    def count(self, resource_type: str) -> int | None:
+        """``totalResults`` of ``GET /<type>?count=0`` (RFC 7644 §3.4.2.4); None if the target does not say."""
+        path = self._path(resource_type)
+        body = self._list_page(path, {"count": 0, **self._read_params(resource_type, None, None)})
+        return _int_or_none(body.get("totalResults"))
 
     def get(self, resource_type: str, id: str, *, attributes: str | None = None,
             excluded_attributes: str | None = None) -> dict[str, Any] | None:
@@ -612,7 +685,9 @@ class ScimTarget:
         while pending:
             if fail_on_errors is not None and errors >= fail_on_errors:
                 break
-            chunk = [self._substitute(op, ids) for op in next(self._bulk_chunks(pending, max_ops))]
+            chunk = next(self._bulk_chunks(pending, max_ops))
+            if ids:      # bulkId references to operations of earlier chunks
+                chunk = [self._substitute(op, ids) for op in chunk]
             request: dict[str, Any] = {"schemas": [BULK_REQUEST], "Operations": chunk}
             if fail_on_errors is not None:
                 request["failOnErrors"] = fail_on_errors - errors
