@@ -120,6 +120,7 @@ def test_unquoted_values_only_by_tolerance() -> None:
     'userName eq "unterminated', "userName eq 'single'", "a.b.c eq 1", 'nosuch eq "x"', 'name eq "x"',
     'active co "t"', 'active gt true', 'name.nosuch eq "x"', 'userName[type eq "x"]', 'userName gt null',
     'urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:nosuch eq "x"', "userName eq \x00",
+    r'userName eq "\ud83d lone high surrogate"', r'displayName co "\udc00"',
 ])
 def test_invalid_filters(flt: str) -> None:
     with pytest.raises(InvalidFilter):

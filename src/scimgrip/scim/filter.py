@@ -303,6 +303,10 @@ class _Parser:
             assert isinstance(decoded, str)
             if "\x00" in decoded:  # no stored value holds NUL (scim.resource), and PostgreSQL text cannot
                 raise InvalidFilter(f"string literal at position {tok.pos} contains a NUL character")
+            try:  # a \ud83d escape without its pair decodes to a lone surrogate: not Unicode text (RFC 8259 §8.2)
+                decoded.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidFilter(f"string literal at position {tok.pos} contains an unpaired surrogate") from None
             return decoded
         if tok.kind != "word":
             raise InvalidFilter(f"expected a value at position {tok.pos}, found {tok.text!r}")
