@@ -12,6 +12,7 @@ import collections
 import datetime as dt
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -136,7 +137,8 @@ class Job:
                 f"target: {{base_url: {json.dumps(self.faulty.url)}, token: x, rate: {{per_second: 5000}}}}\n"
                 + self.yaml_extra)
 
-    def build(self, *, dry_run: bool = False, members_per_patch: int = 100, use_bulk: str = "never") -> Engine:
+    def build(self, *, dry_run: bool = False, members_per_patch: int = 100, use_bulk: str = "never",
+              timeout: float = 30.0) -> Engine:
         """The engine against the faulty target; ``use_bulk`` "never" by default, so the request counts of the
         catalogue are those of single requests (the Bulk tests pass "auto")."""
         cfg = load_job_config(self.config_text())
@@ -149,7 +151,7 @@ class Job:
 
         target = ScimTarget(self.faulty.url, self.token or self.faulty.token, concurrency=4, on_call=on_call,
                             backoff_base=0.01, members_per_patch=members_per_patch,
-                            max_retries=cfg.target.retries, use_bulk=use_bulk)
+                            max_retries=cfg.target.retries, use_bulk=use_bulk, timeout=timeout)
         self.engine = Engine("job", cfg, self.store, self.source, target, dry_run=dry_run, clock=self.clock,
                              notifier=self.notifier)
         return self.engine
@@ -530,6 +532,33 @@ def test_err_3e_dropped_post_rematched_before_retry(job: Job) -> None:
     target_user(job, job.source.users[oid]["userPrincipalName"])        # exactly one
 
 
+@pytest.mark.parametrize("use_bulk", ["always", "never"])
+def test_err_3e_timed_out_post_still_landing_is_not_created_twice(job: Job, use_bulk: str) -> None:
+    """A POST the target answers after our timeout but still applies (a slow handler): matching at once finds
+    nothing, and the next cycle — right behind this one — POSTed the groups again before the first write landed
+    (4 groups in one BulkRequest, so nothing else delayed it). The engine waits the timeout out before matching."""
+    tag = uid()
+    names = [f"Slow group {i} {tag}" for i in range(4)]
+    for i, name in enumerate(names):
+        job.source.group(f"{tag}-g{i}", name, [])
+    slow = job.faulty.faults.add("delay", method="POST", path="^/(Bulk|Groups)$", delay=0.75, times=1)
+    report = job.run(use_bulk=use_bulk, timeout=0.5)       # lands 0.25 s after we gave up
+    assert slow.fired == 1
+    posts = job.seen("POST")
+    job.clock.advance(minutes=41)
+    job.run(use_bulk=use_bulk, timeout=0.5)                   # at once: escrows due, as in a back-to-back run
+    deadline = time.monotonic() + 5
+    while any(p.t_end is None for p in posts) and time.monotonic() < deadline:   # the slow write has landed
+        time.sleep(0.02)
+    with httpx.Client(base_url=job.faulty.url, headers={"Authorization": f"Bearer {job.faulty.token}"}) as c:
+        found = [g["displayName"] for g in c.get("/Groups", params={"count": 1000}).json()["Resources"]
+                 if g["displayName"] in names]
+    assert sorted(found) == names                             # each exactly once
+    late = [r for r in report.records if any("outcome unknown" in st["description"] for st in r.steps)]
+    assert late and all((r.action, r.status) in (("create", "success"), ("other", "skipped")) for r in late)
+    assert all(link_of(job, "Group", f"{tag}-g{i}").target_id for i in range(4))
+
+
 def test_t_err_3_escrow_then_next_eligible_cycle(job: Job) -> None:
     (bad,) = users_job(job, 1)
     job.faulty.faults.add("status", method="POST", path="^/Users$", status=500, times=4)
@@ -776,6 +805,19 @@ def test_bulk_initial_cycle_with_listing_and_managers(job: Job) -> None:
                for i in ids[:5])
     report = job.run(use_bulk="auto")                             # nothing changed: nothing sent
     assert job.methods() == {} and report.kind == "incremental"
+
+
+@pytest.mark.parametrize("use_bulk", ["always", "auto"])
+def test_bulk_unreadable_service_provider_config_does_not_end_the_cycle(job: Job, use_bulk: str) -> None:
+    """A 5xx on ``GET /ServiceProviderConfig`` (every attempt of one read) when the batcher starts used to escape
+    ``run_cycle``; now the cycle runs — "always" in BulkRequests of the default size, "auto" (nothing known to be
+    advertised) as single requests."""
+    ids = users_job(job, 3)
+    spc = job.faulty.faults.add("status", method="GET", path="^/ServiceProviderConfig$", status=500, times=4)
+    report = job.run(use_bulk=use_bulk)                      # retries: 3, so the first read fails for good
+    assert spc.fired == 4
+    assert [records_of(report, oid) for oid in ids] == [[("create", "success", None)]] * 3
+    assert (("POST", "/Bulk") in {(s.method, s.path) for s in job.seen()}) == (use_bulk == "always")
 
 
 @pytest.mark.parametrize("use_bulk", ["auto", "never"])

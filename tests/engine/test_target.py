@@ -414,7 +414,16 @@ def test_timeouts_retry_reads_but_not_creates(faulty: FaultyTarget, faults: Faul
         with pytest.raises(TargetError) as err:
             t.create("Users", user())
     assert err.value.status is None and err.value.ambiguous     # ERR-3e: re-run matching, then retry
+    assert err.value.timed_out                                  # ... once it has had the time to land
     assert len(faults.requests("POST")) == 1
+    faults.add("reset", method="POST", path=r"^/Users$", times=1)
+    sleeps = Sleeps()
+    with make(faulty, timeout=0.3, sleep=sleeps) as t:
+        with pytest.raises(TargetError) as err:
+            t.create("Users", user())
+        assert err.value.ambiguous and not err.value.timed_out   # dropped: nothing left to wait for
+        t.settle_unknown_outcome()
+    assert sleeps.delays == [0.3]                               # as long again as the timeout
 
 
 def test_connection_resets_are_retried(faulty: FaultyTarget, faults: Faults) -> None:

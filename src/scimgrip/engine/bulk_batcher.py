@@ -9,6 +9,8 @@ operation's result — a failed operation raises the same :class:`TargetError` a
 is escrowed like one. Each operation carries a unique ``bulkId`` and results are mapped back by it.
 
 * A batch of one goes as the plain request (a BulkRequest would only add overhead).
+* A ServiceProviderConfig that cannot be read when the cycle starts (a 5xx or timeout after the retries) does
+  not stop the cycle: the batcher starts with its own limit.
 * ``/Bulk`` answering 404 or 501 (advertised but absent) switches the batcher off for the rest of the cycle and
   the waiting threads send their requests themselves.
 * Any other failure of the whole BulkRequest (network, 5xx after the retries, 401) is every operation's failure;
@@ -54,7 +56,12 @@ class BulkBatcher:
 
     def __init__(self, target: ScimTarget, *, max_operations: int | None = None,
                  linger: float = LINGER_SECONDS, in_flight: int | None = None) -> None:
-        advertised = target.bulk_max_operations or DEFAULT_MAX_OPERATIONS
+        try:
+            advertised = target.bulk_max_operations or DEFAULT_MAX_OPERATIONS
+        except TargetError as exc:   # the ServiceProviderConfig could not be read now; ``bulk`` asks again
+            log.warning("bulk: the ServiceProviderConfig could not be read (%s); at most %d operations per "
+                        "BulkRequest", exc, DEFAULT_MAX_OPERATIONS)
+            advertised = DEFAULT_MAX_OPERATIONS
         self.target = target
         self.max_operations = max(1, min(advertised, max_operations or DEFAULT_MAX_OPERATIONS))
         self.linger = linger
@@ -161,7 +168,8 @@ class BulkBatcher:
             for op in batch:
                 op.error = TargetError(exc.status, exc.detail, scim_type=exc.scim_type, retry_after=exc.retry_after,
                                        body=exc.body, method=op.method, path=op.path,
-                                       ambiguous=exc.ambiguous and op.method == "POST")
+                                       ambiguous=exc.ambiguous and op.method == "POST",
+                                       timed_out=exc.timed_out)
             return
         self.requests += 1
         elapsed = (time.perf_counter() - started) * 1000

@@ -403,13 +403,23 @@ class Engine:
     def _bulk(self) -> Iterator[None]:
         """WIRE-4: writes go through ``/Bulk`` while the cycle runs when the target offers it (bulk_batcher)."""
         from scimgrip.engine.bulk_batcher import BulkBatcher
+        from scimgrip.engine.target import TargetError
 
-        if self.dry_run or not getattr(self.target, "bulk_enabled", False):
+        try:
+            # as many BulkRequests in flight as the worker threads can fill: full batches cost the target less
+            # per operation than many small ones (bench/engine.py)
+            batcher = (None if self.dry_run or not getattr(self.target, "bulk_enabled", False)
+                       else BulkBatcher(self.target, in_flight=max(1, MAX_BULK_WORKERS // 100)))
+        except TargetError as exc:
+            # the ServiceProviderConfig could not be read (a 5xx or timeout after the retries): a target
+            # hiccup must not end the cycle — its objects go as single requests and fail or escrow one by one
+            log.warning("job %s: the target's ServiceProviderConfig could not be read (%s); single requests "
+                        "this cycle", self.name, exc)
+            batcher = None
+        if batcher is None:
             yield
             return
-        # as many BulkRequests in flight as the worker threads can fill: full batches cost the target less per
-        # operation than many small ones (bench/engine.py)
-        with BulkBatcher(self.target, in_flight=max(1, MAX_BULK_WORKERS // 100)) as batcher:
+        with batcher:
             self._batcher = batcher
             try:
                 yield
@@ -932,12 +942,15 @@ class Engine:
                     raise
                 # ERR-3e: the POST may have been applied (timeout, dropped connection): match before retrying
                 rec.step("export", "warning", f"POST outcome unknown ({exc.detail}): matching again before a retry")
+                settle = getattr(self.target, "settle_unknown_outcome", None)
+                if exc.timed_out and settle is not None:
+                    settle()    # a timed-out POST may still be landing: matching now would miss it
                 again = self._match(rec, obj, object_type, om, desired, fresh=True)
                 if again is not None:
                     return self._update(rec, obj, object_type, om, desired, again)
-                # not visible yet: the target may still be applying it (a slow answer past our timeout), and a
-                # second POST now could create a duplicate where nothing unique forbids it (group displayName).
-                # Escrow instead; the next attempt matches first.
+                # not visible (yet): dropped, or a target slower still; a second POST now could create a
+                # duplicate where nothing unique forbids it (group displayName). Escrow; the next attempt matches
+                # first.
                 raise _Escrowable("Timeout", f"POST outcome unknown ({exc.detail}); no match yet — matched "
                                   "again before any retry") from exc
         except TargetError as exc:

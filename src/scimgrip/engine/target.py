@@ -14,7 +14,8 @@
   back-off and full jitter up to ``max_retries``; a 503 honours ``Retry-After``. Then :class:`TargetError`.
 * ERR-3e: a POST (create, Bulk) whose request may have reached the target (read timeout, connection dropped
   mid-response) is *not* retried blindly: :class:`TargetError` with ``ambiguous=True`` tells the engine to
-  re-run matching first, so no duplicate is created.
+  re-run matching first, so no duplicate is created. A *timeout* (``timed_out=True``) means the target may
+  still be working on it: :meth:`ScimTarget.settle_unknown_outcome` waits before that matching (see there).
 * ERR-3d: any other 4xx raises :class:`TargetError` at once, with ``scimType``/``detail`` parsed.
 * GRP-2: membership changes go in PATCH requests of at most ``members_per_patch`` values (also capped by
   ``bulk.maxOperations``); a 413 halves the chunk and retries it, and the smaller size is kept for later calls.
@@ -49,6 +50,7 @@ PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 
+MAX_SETTLE = 60.0                 # ERR-3e: longest wait for a POST that timed out to land before matching again
 DEFAULT_RETRY_AFTER = 30.0        # ERR-3b: 429 without Retry-After
 MAX_RETRY_AFTER = 900.0           # ERR-3b: cap 15 min
 MAX_BACKOFF = 30.0                # ERR-3c: back-off cap
@@ -80,12 +82,13 @@ class TargetError(Exception):
 
     ``status`` is the HTTP status (None: network error or timeout), ``scim_type``/``detail`` come from the SCIM
     error body, ``retry_after`` from the ``Retry-After`` header (seconds), ``body`` is the parsed body (or text).
-    ``ambiguous`` is True when a non-idempotent POST may have been applied by the target (ERR-3e).
+    ``ambiguous`` is True when a non-idempotent POST may have been applied by the target (ERR-3e);
+    ``timed_out`` when we stopped waiting for the answer, so the target may still be applying it.
     """
 
     def __init__(self, status: int | None, detail: str, *, scim_type: str | None = None,
                  retry_after: float | None = None, body: Any = None, method: str = "", path: str = "",
-                 ambiguous: bool = False) -> None:
+                 ambiguous: bool = False, timed_out: bool = False) -> None:
         self.status = status
         self.scim_type = scim_type
         self.detail = detail
@@ -94,6 +97,7 @@ class TargetError(Exception):
         self.method = method
         self.path = path
         self.ambiguous = ambiguous
+        self.timed_out = timed_out
         where = f"{method} {path}: " if method else ""
         what = "network error" if status is None else str(status)
         kind = f" {scim_type}" if scim_type else ""
@@ -283,6 +287,7 @@ class ScimTarget:
         if rate_per_second is not None and rate_per_second <= 0:
             raise ValueError("rate_per_second must be positive (or None for no limit)")
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.backoff_base = backoff_base
@@ -403,7 +408,8 @@ class ScimTarget:
                 unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
                 if not idempotent and not unsent:
                     raise TargetError(None, f"{type(exc).__name__}: {exc} (the request may have been applied)",
-                                      method=method, path=path, ambiguous=True) from exc
+                                      method=method, path=path, ambiguous=True,
+                                      timed_out=isinstance(exc, httpx.TimeoutException)) from exc
                 if retries >= self.max_retries:
                     raise TargetError(None, f"{type(exc).__name__}: {exc}", method=method, path=path) from exc
                 self._sleep(self._backoff(retries))
@@ -433,6 +439,16 @@ class ScimTarget:
                 retries += 1
                 continue
             raise error
+
+    def settle_unknown_outcome(self) -> None:
+        """ERR-3e after a *timeout* on a POST: wait as long again as the timeout before matching again.
+
+        A target that answers after our timeout usually still applies the request (its handler does not notice
+        that we hung up). Matching at once then finds nothing, and the next attempt — the next cycle, seconds
+        later for a job that runs back to back — POSTs again: a duplicate wherever nothing unique forbids it
+        (group ``displayName``). Waiting as long again, capped at :data:`MAX_SETTLE`, lets that late write land.
+        """
+        self._sleep(min(self.timeout, MAX_SETTLE))
 
     # -- discovery (WIRE-4) ------------------------------------------------------------------------------------
     def service_provider_config(self) -> dict[str, Any]:
