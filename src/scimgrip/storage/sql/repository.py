@@ -996,7 +996,7 @@ class SqlStorage(Transactions, Storage):
             return
         rows = []
         for e in entries:
-            row = {k: e.get(k) for k in LOG_KEYS}
+            row: dict[str, Any] = {k: e.get(k) for k in LOG_KEYS}
             if row["at"] is None:
                 row["at"] = _now()
             if row["duration_ms"] is None:
@@ -1004,8 +1004,11 @@ class SqlStorage(Transactions, Storage):
             for body in ("request_body", "response_body", "detail"):
                 if row[body] is not None and not isinstance(row[body], str):
                     row[body] = _dumps(row[body])
-            rows.append(row)
-        self._write_unsynced(lambda c: c.execute(insert(request_log), rows))
+            row["at"] = self.raw.time_param(row["at"])
+            rows.append(tuple(row[k] for k in LOG_KEYS))
+        # one executemany on the DBAPI cursor (rawsql.py), on the connection that does not wait for the disk
+        sql = f"INSERT INTO request_log ({', '.join(LOG_KEYS)}) VALUES ({Raw.marks(len(LOG_KEYS))})"
+        self._write_unsynced(lambda c: self.raw.executemany(c.connection.cursor(), sql, rows))
 
     def list_request_log(self, tenant_id: int, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._read(lambda c: c.execute(
