@@ -139,6 +139,11 @@ class ScimRequest:
 Work = Callable[[Tenant, str, Any], Reply]
 
 _SLASHES = re.compile(r"/{2,}")
+# filters that are one index probe in storage (``storage.sql.filters.equality_probe``): Entra's Test Connection
+# and match filters. Only these GETs run inline on SQLite (see ScimApp.handle).
+_PROBE_FILTER = re.compile(r'^\s*(?:urn:ietf:params:scim:schemas:core:2\.0:(?:User|Group):)?'
+                           r'(?:userName|externalId|displayName|id|emails\[type eq "[^"\\]*"\]\.value)'
+                           r'\s+eq\s+"(?:[^"\\]|\\.)*"\s*$', re.I)
 
 
 def normalize_path(path: str) -> str:
@@ -163,6 +168,9 @@ class ScimApp:
         self.guard = Guard(storage)   # rate limit, bad-token slowdown, body deadline (server/limits.py)
         self._executor: ThreadPoolExecutor | None = None
         self._base_urls: dict[tuple[Any, ...], str] = {}
+        # SQLite reads take tens of microseconds and never wait for a writer (WAL): cheaper on the event loop
+        # than the hop to a worker thread and back (docs/performance.md)
+        self.inline_reads = getattr(storage, "dialect", None) == "sqlite"
 
     # -- plumbing ----------------------------------------------------------------------------------------------
     @property
@@ -242,8 +250,16 @@ class ScimApp:
         body = self.parse_json(raw) if with_body and raw is not None else None
         return authed, work(authed, base, body)
 
-    async def handle(self, request: ScimRequest, work: Work, *, with_body: bool = False) -> Answer:
-        """Authenticate, read the body, run ``work`` in a worker thread, render, record in the request log."""
+    def _runs_inline(self) -> bool:
+        # the shared rate-limit counter (several workers) writes to SQLite: never on the event loop
+        return self.inline_reads and (self.guard.local is not None or not self.guard.settings.rate_limit_enabled)
+
+    async def handle(self, request: ScimRequest, work: Work, *, with_body: bool = False,
+                     bounded_read: bool = False) -> Answer:
+        """Authenticate, read the body, run ``work`` in a worker thread, render, record in the request log.
+
+        ``bounded_read``: the work is a read of a few index probes (a user, a group without its members, an
+        equality filter, discovery); on SQLite it then runs inline on the event loop."""
         started = time.perf_counter()
         tenant_name = request.params.get("tenant", "")
         log_tenant_id: int | None = None
@@ -262,8 +278,11 @@ class ScimApp:
                     log_tenant_id = authed.id
                 raw = await self.read_body(request)
             base = self.base_url(request, tenant_name)
-            authed, reply = await self.in_thread(self._serve, tenant_name, authorization, authed, raw,
-                                                 with_body, base, work)
+            if bounded_read and self._runs_inline():
+                authed, reply = self._serve(tenant_name, authorization, authed, raw, with_body, base, work)
+            else:
+                authed, reply = await self.in_thread(self._serve, tenant_name, authorization, authed, raw,
+                                                     with_body, base, work)
             log_tenant_id = authed.id
         except Unauthorized as exc:
             error = exc
@@ -306,7 +325,10 @@ class ScimApp:
         def work(t: Tenant, base: str, _: Any) -> Reply:
             return self.service.query(t, rt, parse_list_params(q, self.limits), base)
 
-        return await self.handle(request, work)
+        bounded = (_PROBE_FILTER.match(q.get("filter") or "") is not None and "sortBy" not in q
+                   and "cursor" not in q and q.get("startIndex", "1") == "1"
+                   and (rt == "User" or "members" in (q.get("excludedAttributes") or "").lower()))
+        return await self.handle(request, work, bounded_read=bounded)
 
     async def resource(self, request: ScimRequest) -> Answer:
         rt = self._rt(request)
@@ -316,7 +338,9 @@ class ScimApp:
         pre = Preconditions(request.header(b"if-match"), request.header(b"if-none-match"))
         m = request.method
         if m in ("GET", "HEAD"):
-            return await self.handle(request, lambda t, base, _: self.service.get(t, rt, rid, base, attrs, excl, pre))
+            bounded = rt == "User" or "members" in (excl or "").lower()
+            return await self.handle(request, lambda t, base, _: self.service.get(t, rt, rid, base, attrs, excl, pre),
+                                     bounded_read=bounded)
         if m == "PUT":
             return await self.handle(request, lambda t, base, body: self.service.replace(
                 t, rt, rid, body, base, pre, attrs, excl), with_body=True)
@@ -342,7 +366,8 @@ class ScimApp:
         return await self.handle(request, work)
 
     async def spc(self, request: ScimRequest) -> Answer:
-        return await self.handle(request, lambda t, base, _: Reply(200, service_provider_config(self.limits, base)))
+        return await self.handle(request, lambda t, base, _: Reply(200, service_provider_config(self.limits, base)),
+                                 bounded_read=True)
 
     async def schemas(self, request: ScimRequest) -> Answer:
         sid = request.params.get("id")
@@ -355,7 +380,7 @@ class ScimApp:
                 if item["id"].lower() == sid.lower():
                     return Reply(200, item)
             raise NotFound(f"schema {sid!r} not found")
-        return await self.handle(request, work)
+        return await self.handle(request, work, bounded_read=True)
 
     async def resource_types(self, request: ScimRequest) -> Answer:
         rid = request.params.get("id")
@@ -368,7 +393,7 @@ class ScimApp:
                 if item["id"].lower() == rid.lower():
                     return Reply(200, item)
             raise NotFound(f"resource type {rid!r} not found")
-        return await self.handle(request, work)
+        return await self.handle(request, work, bounded_read=True)
 
     async def health(self, request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
