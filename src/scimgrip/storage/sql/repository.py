@@ -360,9 +360,10 @@ class SqlStorage(Transactions, Storage):
         if self._log_engine is None:
             self._log_engine = unsynced_engine(self.engine)
         engine = self._log_engine
+        lock = self._write_lock
 
         def run() -> T:
-            with engine.connect() as conn:
+            with lock, engine.connect() as conn:
                 conn.execution_options(**WRITE)
                 with conn.begin():
                     return fn(conn)
