@@ -128,6 +128,19 @@ class Raw:
         r = cur.fetchone()
         return self.res_row(r) if r is not None else None
 
+    def user_with_groups(self, cur: Any, tenant_id: int, resource_id: str) -> tuple[ResRow, list[Any]] | None:
+        """PostgreSQL: a user and its (group id, group displayName) pairs in one round trip (a JSON array from
+        a correlated subquery), where ``resource`` + ``groups_of`` would take two."""
+        assert self.pg
+        self.execute(cur, f"SELECT {RES_COLS}, (SELECT COALESCE(json_agg(json_build_array(gm.group_id, "
+                          "g.display_name) ORDER BY gm.group_id), '[]'::json) FROM group_members gm "
+                          "JOIN resources g ON g.tenant_id = gm.tenant_id AND g.id = gm.group_id "
+                          "WHERE gm.tenant_id = r.tenant_id AND gm.member_id = r.id) "
+                          "FROM resources r WHERE r.tenant_id = ? AND r.resource_type = 'User' AND r.id = ?",
+                     (tenant_id, resource_id))
+        r = cur.fetchone()
+        return (self.res_row(r), r[7]) if r is not None else None
+
     def resources_by_ids(self, cur: Any, tenant_id: int, ids: Sequence[str]) -> list[ResRow]:
         """Rows of ``ids`` (any type) ordered by id."""
         self.execute(cur, f"SELECT {RES_COLS} FROM resources WHERE tenant_id = ? AND id IN ({self.marks(len(ids))}) "

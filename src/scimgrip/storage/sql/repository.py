@@ -539,6 +539,12 @@ class SqlStorage(Transactions, Storage):
         want_groups = include_groups and resource_type == "User"
 
         def read(cur: Any) -> StoredResource:
+            if want_groups and self.raw.pg:
+                hit = self.raw.user_with_groups(cur, tenant_id, resource_id)
+                if hit is None:
+                    raise NotFound(f"{resource_type} {resource_id!r} not found")
+                user, pairs = hit
+                return self._resource(user, None, [Member(value=g, type="direct", display=d) for g, d in pairs])
             row = self.raw.resource(cur, tenant_id, resource_type, resource_id)
             if row is None:
                 raise NotFound(f"{resource_type} {resource_id!r} not found")
