@@ -12,7 +12,6 @@ with ``SELECT … FOR NO KEY UPDATE``.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -170,37 +169,6 @@ def with_retries(fn: Callable[[], T], attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def sqlite_write_lock(engine: Engine) -> Any:
-    """The in-process lock every SQLite write transaction on ``engine``'s database takes before
-    ``BEGIN IMMEDIATE`` (a no-op context on PostgreSQL, whose row locks let writers run side by side).
-
-    SQLite has one writer at a time anyway; without this lock, concurrent writers of one process find the
-    database locked and SQLite's busy handler makes each of them *sleep* (1, 2, 5, … 100 ms) before trying
-    again, which put the p99 of 16 concurrent writers at 0.4–1.2 s. Queued on a lock, the next writer starts
-    the moment the previous one commits. Writers in other processes (more workers, the CLI) still meet the
-    busy handler. One lock per database file, shared by every engine and store on it."""
-    if engine.dialect.name != "sqlite":
-        return _NoLock()
-    key = str(engine.url.database or "")
-    with _LOCKS_GUARD:
-        lock = _SQLITE_WRITE_LOCKS.get(key)
-        if lock is None:
-            lock = _SQLITE_WRITE_LOCKS[key] = threading.RLock()
-    return lock
-
-
-_LOCKS_GUARD = threading.Lock()
-_SQLITE_WRITE_LOCKS: dict[str, Any] = {}
-
-
 class Transactions:
     """Transaction plumbing shared by every SQL store on one engine: reads (autocommit on PostgreSQL, saving
     the BEGIN/COMMIT round trips) and writes (``BEGIN IMMEDIATE`` on SQLite), both retried on lock and
@@ -214,7 +182,6 @@ class Transactions:
         self.dialect = engine.dialect.name
         self._reader = engine.execution_options(isolation_level="AUTOCOMMIT") \
             if self.dialect == "postgresql" else engine
-        self._write_lock = sqlite_write_lock(engine)
 
     def _read(self, fn: Callable[[Connection], T]) -> T:
         def run() -> T:
@@ -262,10 +229,8 @@ class Transactions:
         return with_retries(run)
 
     def _write(self, fn: Callable[[Connection], T]) -> T:
-        lock = self._write_lock
-
         def run() -> T:
-            with lock, self.engine.connect() as conn:
+            with self.engine.connect() as conn:
                 conn.execution_options(**WRITE)
                 with conn.begin():
                     return fn(conn)

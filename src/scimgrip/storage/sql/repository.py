@@ -360,10 +360,9 @@ class SqlStorage(Transactions, Storage):
         if self._log_engine is None:
             self._log_engine = unsynced_engine(self.engine)
         engine = self._log_engine
-        lock = self._write_lock
 
         def run() -> T:
-            with lock, engine.connect() as conn:
+            with engine.connect() as conn:
                 conn.execution_options(**WRITE)
                 with conn.begin():
                     return fn(conn)
