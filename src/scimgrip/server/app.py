@@ -307,7 +307,9 @@ class ScimApp:
             self.request_log.record_raw(log_tenant_id, utcnow(), request.method, request.full_path, status,
                                         round((time.perf_counter() - started) * 1000, 3),
                                         error.detail if error is not None else None,
-                                        raw if with_body else None, body)
+                                        # an unauthenticated caller's body stays out of the tenant's log
+                                        raw if with_body and not isinstance(error, Unauthorized) else None,
+                                        body)
         return Answer(status, headers, body)
 
     # -- endpoints ---------------------------------------------------------------------------------------------

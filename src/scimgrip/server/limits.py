@@ -117,13 +117,6 @@ class Guard:
             raise TooManyRequests(f"rate limit of this tenant exceeded ({s.rate_limit_rps:g} requests per second); "
                                   "retry later", headers={"Retry-After": retry_after(wait)})
 
-    async def admit(self, tenant_id: int) -> None:
-        """:meth:`admit_now` from the event loop (the shared bucket in a worker thread)."""
-        if self.local is not None or not self.settings.rate_limit_enabled:
-            self.admit_now(tenant_id)
-        else:
-            await run_in_threadpool(self.admit_now, tenant_id)
-
     async def auth_failed(self, client: str) -> float:
         """Count a failed authentication from ``client``: seconds to block it (0.0 while under the limit)."""
         s = self.settings
