@@ -51,7 +51,10 @@ def request_for(op: str, n: int, uid: str, gid: str, member_ids: list[str]) -> t
     raise ValueError(op)
 
 
-IDLE_LEAVES = ("Condition.wait", "Queue.get", "select (selectors", "Event.wait", "sleep")
+# leaves of a thread waiting for work, not working (the executor's idle worker waits in SimpleQueue.get, a C
+# call, so its leaf is the Python frame that called it)
+IDLE_LEAVES = ("Condition.wait", "Queue.get", "select (selectors", "Event.wait", "sleep",
+               "_worker (concurrent/futures/thread.py")
 
 
 def aggregate(raw: Path, top: int) -> str:

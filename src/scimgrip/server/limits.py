@@ -6,10 +6,10 @@ tokens, and a deadline for request bodies.
   the database (``storage.sql.ratelimit``), so it is shared by every uvicorn worker. An empty bucket answers
   ``429`` with ``Retry-After`` (RFC 6585 §4; Entra honours it). The defaults (100 rps, burst 1,000) are far
   above a normal Entra cycle (tens of requests per second; the gallery asks for at least 25).
-* **Bad tokens.** :class:`GuardMiddleware` counts every ``401`` per client address in a shared fixed window;
-  past ``SCIMGRIP_AUTH_FAILURE_LIMIT`` failures in ``SCIMGRIP_AUTH_FAILURE_WINDOW_SECONDS``, further *failed*
-  attempts from that address are answered ``429`` with ``Retry-After`` after a delay. Requests that
-  authenticate are never affected, nor are other addresses.
+* **Bad tokens.** ``server.app.FrontDoor`` counts every ``401`` per client address in a shared fixed window
+  (:meth:`Guard.auth_failed`); past ``SCIMGRIP_AUTH_FAILURE_LIMIT`` failures in
+  ``SCIMGRIP_AUTH_FAILURE_WINDOW_SECONDS``, further *failed* attempts from that address are answered ``429``
+  with ``Retry-After`` after a delay. Requests that authenticate are never affected, nor are other addresses.
 * **Slow bodies.** The whole request body must arrive within ``SCIMGRIP_BODY_TIMEOUT_SECONDS`` of the
   request's start, else ``408`` and the connection is closed: a client trickling a body holds no worker.
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import orjson
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Send
 
 from scimgrip.scim.errors import ScimError
 from scimgrip.settings import Settings
@@ -98,8 +98,10 @@ class Guard:
         # several worker processes share the database bucket; a single process keeps it in memory
         self.local = None if (shared if shared is not None else Settings().workers > 1) else LocalBuckets()
 
-    async def admit(self, tenant_id: int) -> None:
-        """Take one request from the tenant's bucket, or raise ``429`` with ``Retry-After``."""
+    def admit_now(self, tenant_id: int) -> None:
+        """Take one request from the tenant's bucket, or raise ``429`` with ``Retry-After``. Synchronous: it
+        runs in the request's worker-thread call (the in-process bucket is a dict under a lock; the shared one
+        a statement on the database)."""
         s = self.settings
         if not s.rate_limit_enabled or s.rate_limit_rps <= 0:
             return
@@ -107,8 +109,7 @@ class Guard:
             if self.local is not None:
                 wait = self.local.take(f"tenant:{tenant_id}", s.rate_limit_rps, s.rate_limit_burst, time.time())
             else:
-                wait = await run_in_threadpool(self.store.take, f"tenant:{tenant_id}", s.rate_limit_rps,
-                                               s.rate_limit_burst, time.time())
+                wait = self.store.take(f"tenant:{tenant_id}", s.rate_limit_rps, s.rate_limit_burst, time.time())
         except Exception:  # fail open
             log.exception("rate-limit counter unavailable; request admitted")
             return
@@ -127,27 +128,8 @@ class Guard:
             return 0.0
         return left if count > s.auth_failure_limit else 0.0
 
-
-class GuardMiddleware:
-    """Body deadline and failed-authentication slowdown, for every route (SCIM and the events API)."""
-
-    def __init__(self, app: ASGIApp, guard: Guard) -> None:
-        self.app = app
-        self.guard = guard
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        s = self.guard.settings
-        if s.body_timeout_seconds > 0:
-            receive = _with_deadline(receive, s.body_timeout_seconds)
-        if s.auth_failure_limit > 0:
-            client = (scope.get("client") or ("unknown", 0))[0]
-            send = self._throttled(send, client)
-        await self.app(scope, receive, send)
-
-    def _throttled(self, send: Send, client: str) -> Send:
+    def throttled(self, send: Send, client: str) -> Send:
+        """``send`` that turns a ``401`` into ``429`` (after a delay) once ``client`` failed too often."""
         replaced = False
 
         async def guarded(message: Message) -> None:
@@ -155,10 +137,10 @@ class GuardMiddleware:
             if replaced:
                 return                   # the original 401 body is dropped
             if message["type"] == "http.response.start" and message["status"] == 401:
-                block = await self.guard.auth_failed(client)
+                block = await self.auth_failed(client)
                 if block > 0:
                     replaced = True
-                    delay = self.guard.settings.auth_failure_delay_seconds
+                    delay = self.settings.auth_failure_delay_seconds
                     if delay > 0:
                         await asyncio.sleep(delay)
                     body = orjson.dumps(TooManyRequests("too many failed authentications from this client; "
@@ -174,7 +156,7 @@ class GuardMiddleware:
         return guarded
 
 
-def _with_deadline(receive: Receive, timeout: float) -> Receive:
+def with_deadline(receive: Receive, timeout: float) -> Receive:
     """``receive`` that raises :class:`BodyTimeout` when the body is not complete ``timeout`` s from now."""
     deadline = time.monotonic() + timeout
     complete = False
@@ -184,7 +166,9 @@ def _with_deadline(receive: Receive, timeout: float) -> Receive:
         if complete:
             return await receive()
         try:
-            message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
+            # asyncio.timeout, not wait_for: no task per chunk (a body usually arrives in one message)
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                message = await receive()
         except TimeoutError:
             raise BodyTimeout(f"the request body did not arrive within {timeout:g} seconds",
                               headers={"Connection": "close"}) from None

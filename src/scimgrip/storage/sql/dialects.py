@@ -47,6 +47,30 @@ def make_engine(url: str) -> Engine:
                      "use sqlite:///path or postgresql://…")
 
 
+def unsynced_engine(engine: Engine) -> Engine:
+    """A second engine on ``engine``'s database whose commits do not wait for the disk: SQLite
+    ``synchronous=OFF`` on its own connections, PostgreSQL ``synchronous_commit=off``. For bookkeeping that is
+    not SCIM data (the request log, token last-used times): such a commit holds SQLite's write lock for
+    microseconds instead of an fsync. In WAL mode a later ``synchronous=FULL`` commit of SCIM data still
+    syncs everything before it, so durability of acknowledged SCIM writes is unchanged. An in-memory SQLite
+    database exists only on ``engine``'s connection: ``engine`` itself is returned."""
+    url = engine.url
+    if engine.dialect.name == "postgresql":
+        relaxed = create_engine(url, pool_size=2, max_overflow=4, pool_recycle=3600,
+                                connect_args={"options": "-c synchronous_commit=off"})
+        _ping_when_idle(relaxed)
+        return relaxed
+    if url.database in (None, "", ":memory:") or str(url.database).startswith("file::memory:"):
+        return engine
+    relaxed = _sqlite_engine(url.render_as_string(hide_password=False))
+
+    @event.listens_for(relaxed, "connect")
+    def _no_fsync(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA synchronous=OFF")
+
+    return relaxed
+
+
 def _ping_when_idle(engine: Engine, idle_seconds: float | None = None) -> None:
     """``pool_pre_ping``, but only for a connection that sat in the pool for ``idle_seconds`` or more.
 
@@ -163,6 +187,45 @@ class Transactions:
         def run() -> T:
             with self._reader.connect() as conn, conn.begin():
                 return fn(conn)
+        return with_retries(run)
+
+    def _read_raw(self, fn: Callable[[Any], T], *, snapshot: bool = False) -> T:
+        """``fn(cursor)`` on a pooled DBAPI connection, without SQLAlchemy's statement machinery (the hot reads
+        of ``rawsql.py``). PostgreSQL: autocommit, each statement its own snapshot, like the Core reader;
+        SQLite: one statement is its own transaction, ``snapshot`` puts several in one ``BEGIN … COMMIT``."""
+        pg = self.dialect == "postgresql"
+
+        def run() -> T:
+            fairy = self.engine.raw_connection()
+            dbapi: Any = fairy.driver_connection
+            try:
+                cur = dbapi.cursor()
+                try:
+                    if pg:
+                        dbapi.autocommit = True
+                        try:
+                            return fn(cur)
+                        finally:
+                            if not dbapi.broken:
+                                dbapi.autocommit = False
+                    if not snapshot:
+                        return fn(cur)
+                    dbapi.execute("BEGIN")
+                    try:
+                        result = fn(cur)
+                    except BaseException:
+                        dbapi.execute("ROLLBACK")
+                        raise
+                    dbapi.execute("COMMIT")
+                    return result
+                finally:
+                    cur.close()
+            except Exception:
+                if pg and dbapi.broken:
+                    fairy.invalidate()        # a dead connection must not go back to the pool
+                raise
+            finally:
+                fairy.close()
         return with_retries(run)
 
     def _write(self, fn: Callable[[Connection], T]) -> T:

@@ -317,3 +317,76 @@ def mentions(node: Filter | None, attr: str) -> bool:
     if isinstance(node, Not):
         return mentions(node.expr, attr)
     return node.path.attr.lower() == attr.lower()
+
+
+PROBE_COLUMNS = frozenset({"user_name_ci", "user_name", "external_id", "display_name_ci", "display_name", "id"})
+
+
+@dataclass(frozen=True)
+class EqualityProbe:
+    """A filter that is one equality on an indexed column, answered by ``rawsql`` without Core: either
+    ``column = value`` on ``resources`` or an element of ``attr`` in ``resource_values`` with
+    ``value_column = value`` (and ``type_ci = type_ci`` when given). ``value`` is already folded as needed."""
+
+    value: str
+    column: str | None = None
+    attr: str | None = None
+    value_column: str | None = None
+    type_ci: str | None = None
+
+
+def _string_eq(node: Filter) -> Compare | None:
+    if isinstance(node, Compare) and node.op == "eq" and isinstance(node.value, str):
+        return node
+    return None
+
+
+def _folded(kind: str, value: str) -> str | None:
+    if kind == CI:
+        return fold(value)
+    if kind == EXACT:
+        return value
+    return None     # LOWER, CI_SUPERSET, … : the general path
+
+
+def equality_probe(node: Filter, ctx: FilterContext) -> EqualityProbe | None:
+    """The :class:`EqualityProbe` equivalent to ``node`` (same rows as :func:`compile_filter`), or None."""
+    cmp = _string_eq(node)
+    if cmp is not None:
+        spec = _top_column(cmp.path, ctx)
+        if spec is not None:
+            value = _folded(spec[1], cmp.value)  # type: ignore[arg-type]
+            return EqualityProbe(value, column=spec[0].name) \
+                if value is not None and spec[0].name in PROBE_COLUMNS else None
+        path = cmp.path
+        parent = path.parent
+        if (parent is None or not parent.multi_valued or parent.type != "complex" or path.sub is None
+                or path.urn != ctx.core_urn or path.attr.lower() in ("members", "groups")):
+            return None
+        elems = _elements_for(path.attr, ctx)
+        vspec = _element_column(elems, path, path.sub) if elems is not None else None
+        if vspec is None or path.sub.lower() != "value":
+            return None
+        value = _folded(vspec[1], cmp.value)  # type: ignore[arg-type]
+        return EqualityProbe(value, attr=path.attr.lower(), value_column=vspec[0].name) \
+            if value is not None else None
+    # attr[type eq "x" and value eq "y"] (either order)
+    if not isinstance(node, ValuePath) or node.path.urn != ctx.core_urn or \
+            node.path.attr.lower() in ("members", "groups") or not isinstance(node.filter, And):
+        return None
+    elems = _elements_for(node.path.attr, ctx)
+    if elems is None:
+        return None
+    parts = [_string_eq(node.filter.left), _string_eq(node.filter.right)]
+    by_name = {p.path.attr.lower(): p for p in parts if p is not None}
+    if set(by_name) != {"type", "value"}:
+        return None
+    tspec = _element_column(elems, by_name["type"].path, "type")
+    vspec = _element_column(elems, by_name["value"].path, "value")
+    if tspec is None or vspec is None:
+        return None
+    type_ci = _folded(tspec[1], by_name["type"].value)  # type: ignore[arg-type]
+    value = _folded(vspec[1], by_name["value"].value)  # type: ignore[arg-type]
+    if type_ci is None or value is None:
+        return None
+    return EqualityProbe(value, attr=node.path.attr.lower(), value_column=vspec[0].name, type_ci=type_ci)
