@@ -338,6 +338,9 @@ def test_request_log_records_requests(server: Server, acme: TenantHandle) -> Non
     with acme.client() as c:
         c.get("/Users", params={"filter": 'userName eq "logged"'})
         c.post("/Users", json={**entra_user(), "password": "hunter2-secret"})
+        assert c.get("/Users", params={"filter": 'userName zz "x"'}).status_code == 400   # fails after auth
+        assert c.patch("/Users/no-such-user", json={"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                                                    "Operations": []}).status_code in (400, 404)
     time.sleep(1.0)
     storage = open_storage(server.database)
     try:
@@ -349,4 +352,8 @@ def test_request_log_records_requests(server: Server, acme: TenantHandle) -> Non
     assert any(r["method"] == "GET" and "logged" in r["path"] for r in rows)
     posts = [r for r in rows if r["method"] == "POST" and r["status"] == 201]
     assert posts and all("hunter2-secret" not in (r["request_body"] or "") for r in rows)
+    # failures of an authenticated request are the debugger's main material: they are logged too
+    bad = [r for r in rows if "zz" in r["path"]]
+    assert bad and bad[0]["status"] == 400 and "invalidFilter" in (bad[0]["response_body"] or "")
+    assert any(r["method"] == "PATCH" and r["status"] >= 400 and r["detail"] for r in rows)
     assert all(acme.token not in json.dumps(r, default=str) for r in rows)

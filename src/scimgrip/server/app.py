@@ -192,7 +192,8 @@ class ScimApp:
         root = self.config.public_url
         if root is None:
             s = request.scope
-            key = (s.get("scheme"), request.header(b"host"), s.get("server"),
+            server = s.get("server")    # ASGI allows any iterable here (a list under Starlette's TestClient)
+            key = (s.get("scheme"), request.header(b"host"), tuple(server) if server else None,
                    s.get("app_root_path", s.get("root_path", "")))
             root = self._base_urls.get(key)
             if root is None:            # Starlette's own rule (Host header, else server address), cached
@@ -244,10 +245,14 @@ class ScimApp:
         return authed
 
     def _serve(self, tenant_name: str, authorization: str | None, authed: Tenant | None, raw: bytes | None,
-               with_body: bool, base: str, work: Work) -> tuple[Tenant, Reply]:
-        """The worker-thread part of a request: authenticate (unless done), decode the body, do the work."""
+               with_body: bool, base: str, work: Work, seen: list[Tenant]) -> tuple[Tenant, Reply]:
+        """The worker-thread part of a request: authenticate (unless done), decode the body, do the work.
+
+        ``seen`` receives the authenticated tenant at once, so a request that fails after authentication
+        (400, 409, 412 …) is still written to that tenant's request log."""
         if authed is None:
             authed = self._authenticated(tenant_name, authorization)
+        seen.append(authed)
         body = self.parse_json(raw) if with_body and raw is not None else None
         return authed, work(authed, base, body)
 
@@ -267,6 +272,7 @@ class ScimApp:
         reply: Reply | None = None
         error: ScimError | None = None
         raw: bytes | None = None
+        seen: list[Tenant] = []
         try:
             authorization = request.header(b"authorization")
             authed: Tenant | None = None
@@ -280,10 +286,10 @@ class ScimApp:
                 raw = await self.read_body(request)
             base = self.base_url(request, tenant_name)
             if bounded_read and self._runs_inline():
-                authed, reply = self._serve(tenant_name, authorization, authed, raw, with_body, base, work)
+                authed, reply = self._serve(tenant_name, authorization, authed, raw, with_body, base, work, seen)
             else:
                 authed, reply = await self.in_thread(self._serve, tenant_name, authorization, authed, raw,
-                                                     with_body, base, work)
+                                                     with_body, base, work, seen)
             log_tenant_id = authed.id
         except Unauthorized as exc:
             error = exc
@@ -293,6 +299,8 @@ class ScimApp:
         except Exception:  # never leak internals; the log has the traceback
             log.exception("unhandled error on %s %s", request.method, request.path)
             error = ScimError("internal server error; the request was not applied", status=500)
+        if log_tenant_id is None and seen:
+            log_tenant_id = seen[0].id
         if error is not None:
             status = error.status
             body_obj: Any = error.to_body()
