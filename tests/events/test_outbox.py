@@ -126,14 +126,14 @@ def test_sequences_per_tenant_and_concurrent_writers(storage: Storage) -> None:
     b = storage.create_tenant("b").id
     errors: list[BaseException] = []
 
-    def work(tenant: int, n: int) -> None:
-        try:
+    def work(tenant: int, n: int, worker: int) -> None:
+        try:   # names by worker number: a thread's ident is reused once it has ended
             for i in range(n):
-                storage.create(tenant, "User", {"userName": f"{threading.get_ident()}-{i}"})
+                storage.create(tenant, "User", {"userName": f"w{worker}-{i}"})
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(t, 25)) for t in (a, a, a, b)]
+    threads = [threading.Thread(target=work, args=(t, 25, k)) for k, t in enumerate((a, a, a, b))]
     for th in threads:
         th.start()
     for th in threads:

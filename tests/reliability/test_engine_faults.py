@@ -66,6 +66,9 @@ def test_flaky_target_converges_without_duplicates(flaky: FaultyTarget, tmp_path
     # Bulk sends ~30x fewer requests (a BulkRequest carries up to 100 writes): each fails more often, so that a
     # run still meets a dozen faults or more, BulkRequests among them
     probability = 0.085 if use_bulk == "never" else 0.15
+    if use_bulk != "never":   # at least two BulkRequests meet a fault, whatever the dice say
+        flaky.faults.add("delay", method="POST", path="^/Bulk$", times=1, delay=0.6)
+        flaky.faults.add("status", method="POST", path="^/Bulk$", times=1, status=500)
     for kind, kw in (("status", {"status": 500}), ("status", {"status": 429, "retry_after": "0"}),
                      ("delay", {"delay": 0.6}), ("reset", {})):
         flaky.faults.add(kind, times=None, probability=probability, rng=rng, **kw)
