@@ -20,7 +20,9 @@ from scimgrip.console.jobs_views import JobsViews
 from scimgrip.console.pages import Ctx, Endpoint, Pages
 from scimgrip.console.sso_views import SsoSettingsViews
 from scimgrip.console.tenant_views import TenantViews
+from scimgrip.console.webhook_views import WebhookViews
 from scimgrip.engine.state import EngineStore
+from scimgrip.storage.sql.events_store import EventStore
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -44,6 +46,8 @@ class Console:
         routes += DirectoryViews(self.pages).routes()
         routes += DebuggerViews(self.pages).routes()
         routes += SsoSettingsViews(self.pages).routes()
+        if getattr(self.pages.storage, "engine", None) is not None:   # events live on the SQL backend only
+            routes += WebhookViews(self.pages, EventStore(self.pages.storage)).routes()
         if self.engine_store is not None:
             routes += JobsViews(self.pages, self.engine_store).routes()
         routes.append(Mount("/static", app=StaticFiles(directory=str(STATIC)), name="static"))

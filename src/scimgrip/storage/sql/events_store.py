@@ -185,6 +185,16 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class LogEntry:
+    """A row of a tenant's delivery log: the delivery, its event's type (None once retention removed the
+    event) and how long its last attempt took."""
+
+    delivery: Delivery
+    event_type: str | None
+    duration_ms: float | None
+
+
+@dataclass(frozen=True)
 class Leased:
     """A delivery taken by one dispatcher: what to send, where, signed with which secrets."""
 
@@ -613,11 +623,50 @@ class EventStore:
         rows = self._read(lambda c: c.execute(q.order_by(d.c.id.desc()).limit(limit)).all())
         return [self._delivery(r) for r in rows]
 
+    def get_delivery(self, delivery_id: int) -> Delivery | None:
+        d = webhook_deliveries
+        row = self._read(lambda c: c.execute(select(d).where(d.c.id == delivery_id)).first())
+        return self._delivery(row) if row is not None else None
+
     def list_attempts(self, delivery_id: int) -> list[dict[str, Any]]:
         a = webhook_attempts
         rows = self._read(lambda c: c.execute(select(a).where(a.c.delivery_id == delivery_id)
                                               .order_by(a.c.id)).all())
         return [dict(r._mapping) for r in rows]
+
+    def tenant_delivery_log(self, tenant_id: int, endpoint_ids: Sequence[str], outcome: str | None = None,
+                            before_id: int | None = None, limit: int = 50) -> list[LogEntry]:
+        """The deliveries of ``tenant_id``'s events to ``endpoint_ids``, newest first, with the event type and
+        the duration of the last attempt (the console's delivery log). ``outcome``: ``delivered``, ``failed``
+        (the last attempt failed: retrying or dead) or ``pending`` (not attempted yet)."""
+        if not endpoint_ids:
+            return []
+        d, a = webhook_deliveries, webhook_attempts
+        last_duration = select(a.c.duration_ms).where(a.c.delivery_id == d.c.id).order_by(a.c.id.desc()) \
+            .limit(1).scalar_subquery()
+        q = select(d, events.c.type.label("event_type"), last_duration.label("duration_ms")).select_from(
+            d.outerjoin(events, and_(events.c.tenant_id == d.c.tenant_id, events.c.seq == d.c.seq))).where(
+            d.c.tenant_id == tenant_id, d.c.endpoint_id.in_(list(endpoint_ids)))
+        if outcome == "delivered":
+            q = q.where(d.c.status == "delivered")
+        elif outcome == "failed":
+            q = q.where(or_(d.c.status == "dead", and_(d.c.status == "pending", d.c.attempts > 0)))
+        elif outcome == "pending":
+            q = q.where(d.c.status == "pending", d.c.attempts == 0)
+        if before_id is not None:
+            q = q.where(d.c.id < before_id)
+        rows = self._read(lambda c: c.execute(q.order_by(d.c.id.desc()).limit(limit)).all())
+        return [LogEntry(self._delivery(r), r.event_type, r.duration_ms) for r in rows]
+
+    def last_deliveries(self, tenant_id: int, endpoint_ids: Sequence[str]) -> dict[str, Delivery]:
+        """Each endpoint's most recently attempted delivery of ``tenant_id``'s events."""
+        if not endpoint_ids:
+            return {}
+        d = webhook_deliveries
+        latest = select(func.max(d.c.id)).where(d.c.tenant_id == tenant_id, d.c.endpoint_id.in_(
+            list(endpoint_ids)), d.c.attempts > 0).group_by(d.c.endpoint_id)
+        rows = self._read(lambda c: c.execute(select(d).where(d.c.id.in_(latest))).all())
+        return {r.endpoint_id: self._delivery(r) for r in rows}
 
     def counts(self, endpoint_id: str) -> dict[str, int]:
         d = webhook_deliveries
@@ -626,5 +675,5 @@ class EventStore:
         return {r[0]: int(r[1]) for r in rows}
 
 
-__all__ = ["ApiKey", "CursorExpired", "Delivery", "Endpoint", "Event", "EventStore", "Leased", "Outcome",
-           "append_events", "purge_tenant"]
+__all__ = ["ApiKey", "CursorExpired", "Delivery", "Endpoint", "Event", "EventStore", "Leased", "LogEntry",
+           "Outcome", "append_events", "purge_tenant"]
