@@ -11,7 +11,7 @@ with ``SELECT … FOR NO KEY UPDATE``.
 
 A batch (:meth:`Transactions.batch`, ``Storage.batch``) is one write transaction on one connection, held in a
 context variable of the calling thread: every ``_write``/``_read``/``_read_raw`` of that thread on the same engine
-runs on it, each inside its own ``SAVEPOINT`` (``Connection.begin_nested``), so one call's failure — even one
+runs on it, each inside its own ``SAVEPOINT``, so one call's failure — even one
 that aborts a PostgreSQL transaction — is undone by ``ROLLBACK TO SAVEPOINT`` alone.
 """
 
@@ -186,20 +186,42 @@ class _Batch:
     engine: Engine
     conn: Connection
     doomed: bool = False
+    depth: int = 0
+
+    def _exec(self, sql: str) -> None:
+        # Savepoint statements straight on the DBAPI cursor: SQLAlchemy's begin_nested() compiles a savepoint
+        # clause on every call, which cost ~0.24 ms per operation — a third of a Bulk operation's server time.
+        cur = self.conn.connection.cursor()
+        try:
+            cur.execute(sql)
+        finally:
+            cur.close()
 
     def run(self, fn: Callable[[Connection], T]) -> T:
-        """``fn`` in a savepoint of the batch; a retryable conflict dooms the whole batch (no per-call retry:
+        """``fn`` in a savepoint of the batch: an exception rolls back ``fn``'s statements alone (and clears
+        PostgreSQL's aborted-transaction state). A retryable conflict dooms the whole batch (no per-call retry:
         the outer transaction may have lost its locks or snapshot, only a fresh start is safe)."""
         if self.doomed:
             raise BatchAborted("an earlier call of the batch hit a conflict")
+        self.depth += 1
+        name = f"scimgrip_sp{self.depth}"
         try:
-            with self.conn.begin_nested():
-                return fn(self.conn)
+            self._exec(f"SAVEPOINT {name}")
+            try:
+                result = fn(self.conn)
+            except BaseException:
+                self._exec(f"ROLLBACK TO SAVEPOINT {name}")
+                self._exec(f"RELEASE SAVEPOINT {name}")
+                raise
+            self._exec(f"RELEASE SAVEPOINT {name}")
+            return result
         except DBAPIError as exc:
             if is_retryable(exc):
                 self.doomed = True
                 raise BatchAborted("lock or serialization conflict inside the batch") from exc
             raise
+        finally:
+            self.depth -= 1
 
 
 _BATCH: ContextVar[_Batch | None] = ContextVar("scimgrip_storage_batch", default=None)
