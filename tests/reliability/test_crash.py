@@ -229,3 +229,25 @@ def test_the_verifier_can_fail() -> None:
         except AssertionError:
             continue
         raise AssertionError(f"the verifier missed: {what}")
+
+
+def test_bulk_creates_survive_sigkill_right_after_the_response(database: str, tmp_path: Path) -> None:
+    """A BulkRequest is one transaction, committed before the response is sent: SIGKILL the server the moment
+    the response arrives, and every operation it acknowledged is there after the restart."""
+    tenant: Tenant = make_tenant(database, "bulkcrash")
+    names = [f"bulk-crash-{i}-{secrets.token_hex(3)}" for i in range(100)]
+    srv = spawn(database, tmp_path, env=NO_RATE_LIMIT)
+    try:
+        with client(srv.base, tenant) as c:
+            r = c.post("/Bulk", json={"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+                                      "Operations": [{"method": "POST", "path": "/Users", "bulkId": f"b{i}",
+                                                      "data": {"userName": n}} for i, n in enumerate(names)]})
+            srv.kill()
+        assert r.status_code == 200, r.text
+        assert [o["status"] for o in r.json()["Operations"]] == ["201"] * len(names)
+        srv = spawn(database, tmp_path, env=NO_RATE_LIMIT)
+        with client(srv.base, tenant) as c:
+            found = c.get("/Users", params={"filter": 'userName sw "bulk-crash-"', "count": 1000}).json()
+        assert sorted(u["userName"] for u in found["Resources"]) == sorted(names)
+    finally:
+        srv.stop()

@@ -215,6 +215,28 @@ def test_bulk_with_bulkid_references(client: httpx.Client) -> None:
     assert client.get(f"/Users/{uid_}").json()["title"] == "via bulk"
 
 
+def test_bulk_duplicate_in_the_middle_fails_alone(client: httpx.Client) -> None:
+    """One transaction per BulkRequest, one savepoint per operation: the 409 in the middle (which aborts a
+    PostgreSQL transaction) is undone alone; the operations before and after it all commit (RFC 7644 §3.7)."""
+    prefix = f"dup{uid()}-"
+    names = [f"{prefix}{i}@example.com" for i in range(12)]
+    names.insert(6, names[2].upper())                  # userName is caseExact false: a duplicate of #2
+    ops: list[dict[str, object]] = [
+        {"method": "POST", "path": "/Users", "bulkId": f"u{i}", "data": entra_user(n)}
+        for i, n in enumerate(names)]
+    ops.append({"method": "PATCH", "path": "/Users/bulkId:u7",
+                "data": patch({"op": "replace", "path": "title", "value": "after the 409"})})
+    r = client.post("/Bulk", json={"schemas": [BULK], "Operations": ops})
+    assert r.status_code == 200, r.text
+    results = r.json()["Operations"]
+    assert [o["status"] for o in results] == ["201"] * 6 + ["409"] + ["201"] * 6 + ["200"]
+    assert results[6]["response"]["scimType"] == "uniqueness"
+    found = client.get("/Users", params={"filter": f'userName sw "{prefix}"', "count": 100}).json()
+    assert sorted(u["userName"] for u in found["Resources"]) == sorted(names[:6] + names[7:])
+    created = {o["bulkId"]: o["location"].rsplit("/", 1)[1] for o in results if o["status"] == "201"}
+    assert client.get(f"/Users/{created['u7']}").json()["title"] == "after the 409"
+
+
 # -- discovery ----------------------------------------------------------------------------------------------------
 def test_discovery_documents(client: httpx.Client) -> None:
     spc = client.get("/ServiceProviderConfig").json()

@@ -584,3 +584,64 @@ class StorageContract:
         assert len(storage.list_tokens(other)) == 1 and len(storage.list_request_log(other)) == 1
         # the name can be reused
         storage.create_tenant("acme")
+
+    # -- batch (the unit of work of one /Bulk request, RFC 7644 §3.7) ------------------------------------------
+    @staticmethod
+    def _elsewhere(fn: Callable[[], Any]) -> Any:
+        """``fn`` on another thread: outside this thread's batch, as another request would be."""
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(fn).result(timeout=60)
+
+    def test_batch_isolates_a_failing_call_and_commits_the_rest_at_the_end(self, storage: Storage,
+                                                                            tenant: int) -> None:
+        def names() -> set[str]:
+            return {r.doc["userName"] for r in storage.search(tenant, "User", q()).resources}
+
+        with storage.batch():
+            a = self.user(storage, tenant, "alice")
+            # a uniqueness violation in the middle (on PostgreSQL it aborts the transaction: the savepoint
+            # rollback must recover it), then a failing precondition and a failing apply
+            with pytest.raises(Uniqueness):
+                self.user(storage, tenant, "ALICE")
+            with pytest.raises(PreconditionFailed):
+                storage.update(tenant, "User", a.id, same({**a.doc, "title": "x"}), expected_version=7)
+
+            def boom(cur: StoredResource) -> Change:
+                raise InvalidValue("no")
+            with pytest.raises(InvalidValue):
+                storage.update(tenant, "User", a.id, boom)
+            b = self.user(storage, tenant, "bob")
+            storage.update(tenant, "User", b.id, same({**b.doc, "title": "boss"}))
+            # reads inside the batch see its writes; a group can take members created in the batch
+            assert storage.get(tenant, "User", b.id).doc["title"] == "boss"
+            assert storage.existing_ids(tenant, [a.id, b.id]) == {a.id: "User", b.id: "User"}
+            g = self.group(storage, tenant, "team", [a.id, b.id])
+            assert names() == {"alice", "bob"}
+            # nothing is visible to anyone else before the batch ends
+            assert self._elsewhere(names) == set()
+            assert self._elsewhere(lambda: storage.existing_ids(tenant, [a.id, g.id])) == {}
+        assert self._elsewhere(names) == {"alice", "bob"}
+        assert storage.get(tenant, "User", b.id).version == 2
+        assert storage.get(tenant, "User", a.id).version == 1
+        assert members_of(storage, tenant, g.id) == {a.id, b.id}
+
+    def test_batch_rolls_back_entirely_on_an_exception(self, storage: Storage, tenant: int) -> None:
+        kept = self.user(storage, tenant, "kept")
+        with pytest.raises(RuntimeError), storage.batch():
+            self.user(storage, tenant, "gone")
+            storage.delete(tenant, "User", kept.id)
+            raise RuntimeError("the caller failed")
+        assert [r.id for r in storage.search(tenant, "User", q()).resources] == [kept.id]
+        # the storage is usable afterwards, in and out of a batch
+        with storage.batch():
+            self.user(storage, tenant, "gone")
+        assert storage.search(tenant, "User", q()).total == 2
+
+    def test_batches_nest_and_other_tenants_are_untouched(self, storage: Storage, tenant: int,
+                                                          other: int) -> None:
+        with storage.batch():
+            self.user(storage, tenant, "outer")
+            with storage.batch():                   # joins the outer batch: committed with it
+                self.user(storage, other, "inner")
+            assert self._elsewhere(lambda: storage.search(other, "User", q()).total) == 0
+        assert storage.search(tenant, "User", q()).total == 1 and storage.search(other, "User", q()).total == 1

@@ -13,12 +13,14 @@ Guarantees (checked by ``tests/storage/contract.py`` against every backend):
   group. Reading a group without members never touches the membership rows.
 * **Verbatim values.** The document is stored as given (after protocol-level normalisation) and returned as
   stored, because Entra diffs what it reads against what it would send.
-* **Durability.** A call that returned has committed.
+* **Durability.** A call that returned has committed — outside a :meth:`Storage.batch`; inside one, the batch
+  commits as a whole when it ends, and only then may the caller acknowledge anything.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +30,14 @@ from scimgrip.scim.filter import Filter
 from scimgrip.scim.model import Change, Member, MemberDelta, StoredResource
 
 __all__ = [
-    "Change", "Member", "MemberDelta", "Page", "Query", "Storage", "StoredResource", "Tenant", "TokenRecord",
+    "BatchAborted", "Change", "Member", "MemberDelta", "Page", "Query", "Storage", "StoredResource", "Tenant",
+    "TokenRecord",
 ]
+
+
+class BatchAborted(Exception):
+    """A :meth:`Storage.batch` hit a lock/serialization conflict and was rolled back as a whole: nothing of it
+    was stored. The caller re-runs its work without the batch (each call its own retried transaction)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,25 @@ class Storage(abc.ABC):
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    # -- unit of work -----------------------------------------------------------------------------------------
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Run the writes of this thread's calls, until the block ends, in ONE transaction, each call in its own
+        savepoint (the ``/Bulk`` operations of one request, RFC 7644 §3.7).
+
+        Why: one commit — one fsync — per BulkRequest instead of one per operation. What stays as without it:
+        each call is atomic on its own and independent — a call that raises is rolled back to its savepoint
+        alone and the others stand (RFC 7644 §3.7 does not make a Bulk request atomic); reads inside the block
+        see the block's earlier writes (a ``bulkId`` reference to a resource created just before). What
+        differs: nothing is committed — nor visible to others — until the block ends without an exception;
+        then everything commits at once, and only then may the caller acknowledge the calls (durability as
+        without a batch). An exception out of the block rolls everything back. A lock or serialization
+        conflict inside the block cannot be retried per call: the whole batch is rolled back and
+        :class:`BatchAborted` raised, for the caller to re-run its calls without a batch. The batch holds the
+        write lock (SQLite) or its row locks (PostgreSQL) until it ends: keep it bounded (a BulkRequest is
+        bounded by ``maxOperations``). Nested ``batch()`` blocks join the outer one. The default does nothing
+        (every call commits on its own), which is correct for a backend without transactions to share."""
+        return contextlib.nullcontext()
 
     # -- tenants -----------------------------------------------------------------------------------------------
     @abc.abstractmethod

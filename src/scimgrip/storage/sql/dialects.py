@@ -8,12 +8,20 @@ instead of failing one with ``database is locked`` when a deferred transaction t
 PostgreSQL: psycopg 3, a pool sized for a threadpool, a liveness ping for connections that sat idle in the pool
 (not on every checkout, see :func:`_ping_when_idle`); row locks are taken by the repository
 with ``SELECT … FOR NO KEY UPDATE``.
+
+A batch (:meth:`Transactions.batch`, ``Storage.batch``) is one write transaction on one connection, held in a
+context variable of the calling thread: every ``_write``/``_read``/``_read_raw`` of that thread on the same engine
+runs on it, each inside its own ``SAVEPOINT``, so one call's failure — even one
+that aborts a PostgreSQL transaction — is undone by ``ROLLBACK TO SAVEPOINT`` alone.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +29,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
+
+from scimgrip.storage.base import BatchAborted
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_POOL_SIZE = 16
@@ -169,6 +179,60 @@ def with_retries(fn: Callable[[], T], attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
+@dataclass
+class _Batch:
+    """The open batch of one thread: its engine, connection, and whether a conflict has doomed it."""
+
+    engine: Engine
+    conn: Connection
+    doomed: bool = False
+    depth: int = 0
+
+    def _exec(self, sql: str) -> None:
+        # Savepoint statements straight on the DBAPI cursor: SQLAlchemy's begin_nested() compiles a savepoint
+        # clause on every call, which cost ~0.24 ms per operation — a third of a Bulk operation's server time.
+        cur = self.conn.connection.cursor()
+        try:
+            cur.execute(sql)
+        finally:
+            cur.close()
+
+    def run(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` in a savepoint of the batch: an exception rolls back ``fn``'s statements alone (and clears
+        PostgreSQL's aborted-transaction state). A retryable conflict dooms the whole batch (no per-call retry:
+        the outer transaction may have lost its locks or snapshot, only a fresh start is safe)."""
+        if self.doomed:
+            raise BatchAborted("an earlier call of the batch hit a conflict")
+        self.depth += 1
+        name = f"scimgrip_sp{self.depth}"
+        try:
+            self._exec(f"SAVEPOINT {name}")
+            try:
+                result = fn(self.conn)
+            except BaseException:
+                self._exec(f"ROLLBACK TO SAVEPOINT {name}")
+                self._exec(f"RELEASE SAVEPOINT {name}")
+                raise
+            self._exec(f"RELEASE SAVEPOINT {name}")
+            return result
+        except DBAPIError as exc:
+            if is_retryable(exc):
+                self.doomed = True
+                raise BatchAborted("lock or serialization conflict inside the batch") from exc
+            raise
+        finally:
+            self.depth -= 1
+
+
+_BATCH: ContextVar[_Batch | None] = ContextVar("scimgrip_storage_batch", default=None)
+
+
+def current_batch(engine: Engine) -> _Batch | None:
+    """This thread's open batch on ``engine``, if any: a store on the same engine joins it."""
+    current = _BATCH.get()
+    return current if current is not None and current.engine is engine else None
+
+
 class Transactions:
     """Transaction plumbing shared by every SQL store on one engine: reads (autocommit on PostgreSQL, saving
     the BEGIN/COMMIT round trips) and writes (``BEGIN IMMEDIATE`` on SQLite), both retried on lock and
@@ -183,7 +247,60 @@ class Transactions:
         self._reader = engine.execution_options(isolation_level="AUTOCOMMIT") \
             if self.dialect == "postgresql" else engine
 
+    def _batch(self) -> _Batch | None:
+        return current_batch(self.engine)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """``Storage.batch``: one write transaction (``BEGIN IMMEDIATE`` on SQLite) for this thread's calls until
+        the block ends, each call in a savepoint; COMMIT at the end, ROLLBACK on an exception;
+        :class:`BatchAborted` after a lock/serialization conflict (everything rolled back)."""
+        if self._batch() is not None:       # nested: join the outer batch
+            yield
+            return
+
+        def begin() -> tuple[Connection, Any]:
+            conn = self.engine.connect()
+            try:
+                conn.execution_options(**WRITE)
+                return conn, conn.begin()
+            except BaseException:
+                conn.close()
+                raise
+
+        conn, tx = with_retries(begin)
+        state = _Batch(self.engine, conn)
+        token = _BATCH.set(state)
+        try:
+            try:
+                yield
+            finally:
+                _BATCH.reset(token)
+            if state.doomed:                # a conflict that the caller swallowed still dooms the batch
+                raise BatchAborted("a call of the batch hit a conflict")
+            try:
+                tx.commit()
+            except DBAPIError as exc:
+                if is_retryable(exc):
+                    raise BatchAborted("conflict at commit") from exc
+                raise
+        except BaseException as exc:
+            if tx.is_active:
+                try:
+                    tx.rollback()
+                except DBAPIError:
+                    conn.invalidate()       # a connection that cannot roll back must not return to the pool
+            if isinstance(exc, DBAPIError) and is_retryable(exc):
+                raise BatchAborted("lock or serialization conflict inside the batch") from exc
+            raise
+        finally:
+            conn.close()
+
     def _read(self, fn: Callable[[Connection], T]) -> T:
+        current = self._batch()
+        if current is not None:             # see the batch's own uncommitted writes
+            return current.run(fn)
+
         def run() -> T:
             with self._reader.connect() as conn, conn.begin():
                 return fn(conn)
@@ -193,6 +310,15 @@ class Transactions:
         """``fn(cursor)`` on a pooled DBAPI connection, without SQLAlchemy's statement machinery (the hot reads
         of ``rawsql.py``). PostgreSQL: autocommit, each statement its own snapshot, like the Core reader;
         SQLite: one statement is its own transaction, ``snapshot`` puts several in one ``BEGIN … COMMIT``."""
+        current = self._batch()
+        if current is not None:
+            def on_batch(conn: Connection) -> T:
+                cur = conn.connection.cursor()
+                try:
+                    return fn(cur)
+                finally:
+                    cur.close()
+            return current.run(on_batch)
         pg = self.dialect == "postgresql"
 
         def run() -> T:
@@ -229,6 +355,10 @@ class Transactions:
         return with_retries(run)
 
     def _write(self, fn: Callable[[Connection], T]) -> T:
+        current = self._batch()
+        if current is not None:
+            return current.run(fn)
+
         def run() -> T:
             with self.engine.connect() as conn:
                 conn.execution_options(**WRITE)

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from scimgrip.events.outbox import Draft
 from scimgrip.storage.base import Storage
-from scimgrip.storage.sql.dialects import WRITE, with_retries
+from scimgrip.storage.sql.dialects import WRITE, current_batch, with_retries
 from scimgrip.storage.sql.tables import (
     app_api_keys,
     event_sequences,
@@ -240,12 +240,20 @@ class EventStore:
         self._tenant_names: dict[int, str] = {}
 
     def _read(self, fn: Any) -> Any:
+        current = current_batch(self.engine)
+        if current is not None:             # inside a Storage.batch of this thread: join it
+            return current.run(fn)
+
         def run() -> Any:
             with self._reader.connect() as conn, conn.begin():
                 return fn(conn)
         return with_retries(run)
 
     def _write(self, fn: Any) -> Any:
+        current = current_batch(self.engine)
+        if current is not None:
+            return current.run(fn)
+
         def run() -> Any:
             with self.engine.connect() as conn:
                 conn.execution_options(**WRITE)
