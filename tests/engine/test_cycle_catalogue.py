@@ -386,6 +386,17 @@ def test_t_map_1_default_on_create_only(job: Job) -> None:
     assert job.methods() == {}
 
 
+def test_log_4_redacted_values_never_reach_the_provisioning_log(job: Job) -> None:
+    job.yaml_extra = TITLE + '      - {target: title, source: "Redact([jobTitle])"}\n'
+    (oid,) = users_job(job, 1, jobTitle="Secret Agent")
+    report = job.run()
+    assert request_bodies(job, "POST")[0]["title"] == "Secret Agent"     # the target gets the value ...
+    logs = job.store.query_logs("job", cycle_id=report.cycle_id, limit=10)
+    modified = {m.name: m.new for x in logs for m in x.modified}
+    assert modified["title"] == "[Redact]"                               # ... the log does not (LOG-4)
+    assert "Secret Agent" not in repr(logs)
+
+
 def test_t_map_2_object_add_only_never_patched(job: Job) -> None:
     job.yaml_extra = TITLE + "      - {target: title, source: jobTitle, flow_type: ObjectAddOnly}\n"
     (oid,) = users_job(job, 1, jobTitle="Intern")

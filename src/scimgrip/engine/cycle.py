@@ -1289,6 +1289,11 @@ class Engine:
         if self.dry_run or not report.records:
             return
         out = []
+        redactions = getattr(self.ctx, "redactions", None) or set()
+
+        def redact(value: Any) -> Any:   # LOG-4; looked up once per cycle, not per value
+            return "[Redact]" if redactions and isinstance(value, str) and value in redactions else value
+
         for r in report.records:
             if not r.logged:
                 continue
@@ -1300,8 +1305,8 @@ class Engine:
                 steps=tuple(LogStep(name=st["name"], type=_STEP_TYPES.get(st["name"], "processing"),  # type: ignore[arg-type]
                                     status=st["status"], description=st["description"],
                                     details=st.get("details", {})) for st in r.steps),
-                modified=tuple(ModifiedProperty(m["name"], _redact(m.get("old"), self.ctx),
-                                                _redact(m.get("new"), self.ctx)) for m in r.modified),
+                modified=tuple(ModifiedProperty(m["name"], redact(m.get("old")), redact(m.get("new")))
+                               for m in r.modified),
                 calls=tuple(TargetCall(c["method"], c["path"], int(c.get("status") or 0),
                                        float(c.get("duration_ms") or 0.0)) for c in r.calls
                             if not c.get("planned"))))
@@ -1310,14 +1315,6 @@ class Engine:
 
 _STEP_TYPES = {"import": "import", "scoping": "scoping", "matching": "matching", "export": "export",
                "referenceResolution": "referenceResolution"}
-
-
-def _redact(value: Any, ctx: Any) -> Any:
-    """``Redact()`` values appear as ``[Redact]`` in logs (LOG-4)."""
-    redactions = getattr(ctx, "redactions", None) or set()
-    if isinstance(value, str) and value in redactions:
-        return "[Redact]"
-    return value
 
 
 class _NoLink:
