@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -56,9 +58,17 @@ def sign_in_operator(b: Browserless) -> None:
 
 @pytest.fixture(scope="module")
 def console_server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:  # noqa: F811
-    srv = start_server(database, tmp_path_factory.mktemp("console"))
+    with server_with_operator(database, tmp_path_factory.mktemp("console")) as srv:
+        yield srv
+
+
+@contextmanager
+def server_with_operator(database_url: str, tmp: Path) -> Iterator[Server]:
+    """A real ``scimgrip serve`` on ``database_url`` with the console operator created through the CLI."""
+    srv = start_server(database_url, tmp)
     try:
-        cli("admin", "create", OPERATOR_EMAIL, "--password-stdin", database=database, input=OPERATOR_PASSWORD + "\n")
+        cli("admin", "create", OPERATOR_EMAIL, "--password-stdin", database=database_url,
+            input=OPERATOR_PASSWORD + "\n")
         yield srv
     finally:
         stop_server(srv)

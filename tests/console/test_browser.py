@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.console.browser import browser, require_chromium, screenshot  # noqa: F401 - fixture
-from tests.console.conftest import OPERATOR_EMAIL, OPERATOR_PASSWORD
-from tests.server.conftest import Server, cli, start_server, stop_server
+from tests.console.conftest import OPERATOR_EMAIL, OPERATOR_PASSWORD, server_with_operator
+from tests.server.conftest import Server
 
 require_chromium()
 
@@ -25,12 +25,8 @@ ADMIN_PASSWORD = "the customer's own passphrase"
 @pytest.fixture(scope="module")
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     database = f"sqlite:///{tmp_path_factory.mktemp('browser') / 'scimgrip.db'}"
-    srv = start_server(database, tmp_path_factory.mktemp("browser-server"))
-    cli("admin", "create", OPERATOR_EMAIL, "--password-stdin", database=database, input=OPERATOR_PASSWORD + "\n")
-    try:
+    with server_with_operator(database, tmp_path_factory.mktemp("browser-server")) as srv:
         yield srv
-    finally:
-        stop_server(srv)
 
 
 @pytest.fixture()

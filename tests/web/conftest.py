@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.console.conftest import OPERATOR_EMAIL, OPERATOR_PASSWORD, Browserless, sign_in_operator
+from tests.console.conftest import Browserless, server_with_operator, sign_in_operator
 from tests.server.conftest import Server, cli, database, start_server, stop_server  # noqa: F401 - fixture
 from tests.sso.idp import MockOidcProvider, SamlTestIdp
 
@@ -59,12 +59,8 @@ class SsoTenant:
 
 @pytest.fixture(scope="module")
 def sso_server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:  # noqa: F811
-    srv = start_server(database, tmp_path_factory.mktemp("sso-server"))
-    cli("admin", "create", OPERATOR_EMAIL, "--password-stdin", database=database, input=OPERATOR_PASSWORD + "\n")
-    try:
+    with server_with_operator(database, tmp_path_factory.mktemp("sso-server")) as srv:
         yield srv
-    finally:
-        stop_server(srv)
 
 
 @pytest.fixture(scope="module")

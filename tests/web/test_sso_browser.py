@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from tests.console.browser import browser, require_chromium, screenshot  # noqa: F401 - fixture
-from tests.console.conftest import OPERATOR_EMAIL, OPERATOR_PASSWORD
-from tests.server.conftest import Server, cli, start_server, stop_server
+from tests.console.conftest import OPERATOR_EMAIL, OPERATOR_PASSWORD, server_with_operator
+from tests.server.conftest import Server
 from tests.sso.idp import MockOidcProvider, SamlTestIdp
 from tests.web.conftest import SsoTenant, make_tenant, new_oid
 
@@ -23,12 +23,8 @@ require_chromium()
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     database = f"sqlite:///{tmp_path_factory.mktemp('sso-browser') / 'scimgrip.db'}"
-    srv = start_server(database, tmp_path_factory.mktemp("sso-browser-server"))
-    cli("admin", "create", OPERATOR_EMAIL, "--password-stdin", database=database, input=OPERATOR_PASSWORD + "\n")
-    try:
+    with server_with_operator(database, tmp_path_factory.mktemp("sso-browser-server")) as srv:
         yield srv
-    finally:
-        stop_server(srv)
 
 
 @pytest.fixture(scope="module")
