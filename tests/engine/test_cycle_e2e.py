@@ -389,8 +389,13 @@ def test_sigkill_mid_initial_cycle_then_rerun(server: Server, tmp_path: Path) ->
     exp = expected(doc)
     assert len(doc["users"]) == 2000 and len(exp.users) == 150
     tenant = server.tenant("killed")
-    (tmp_path / "job.yaml").write_text(job_yaml(tmp_path / "directory.json", tenant,
-                                                "object_mappings:\n  groups: {enabled: false}\n"))
+    # single requests at a modest rate, so that the kill lands mid-cycle however fast the machine is (through /Bulk
+    # the 150 creates are two requests)
+    text = job_yaml(tmp_path / "directory.json", tenant, "object_mappings:\n  groups: {enabled: false}\n")
+    text = text.replace("rate: {per_second: 5000, concurrency: 8}", "rate: {per_second: 60, concurrency: 2}, "
+                        "use_bulk: never")
+    assert "use_bulk: never" in text
+    (tmp_path / "job.yaml").write_text(text)
     db = f"sqlite:///{tmp_path / 'engine.db'}"
     assert scimgrip("job", "create", "big", "--config", str(tmp_path / "job.yaml"), database=db).returncode == 0
     proc = subprocess.Popen([*SCIMGRIP, "sync", "big", "--once", "--quiet", "--database", db],
