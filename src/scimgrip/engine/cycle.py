@@ -1284,33 +1284,40 @@ class Engine:
 
     # ---------------------------------------------------------------------------------------------------------
     def _persist_records(self, report: CycleReport) -> None:
-        from scimgrip.engine.state import LogRecord, LogStep, ModifiedProperty, TargetCall
+        """The cycle's records into the provisioning log, as :class:`~scimgrip.engine.state.LogRow` dicts
+        (the store's fast path; keys in the field order of ``LogStep``/``ModifiedProperty``/``TargetCall``)."""
+        from scimgrip.engine.state import LogRow
 
         if self.dry_run or not report.records:
             return
-        out = []
         redactions = getattr(self.ctx, "redactions", None) or set()
-
-        def redact(value: Any) -> Any:   # LOG-4; looked up once per cycle, not per value
-            return "[Redact]" if redactions and isinstance(value, str) and value in redactions else value
-
+        step_types = _STEP_TYPES
+        job_id = self.job_id
+        rows: list[LogRow] = []
         for r in report.records:
             if not r.logged:
                 continue
-            out.append(LogRecord(
-                job_id=self.job_id, cycle_id=r.cycle_id, change_id=r.change_id, object_type=r.object_type,
-                source_id=r.source_id, action=r.action, status=r.status, at=r.at,  # type: ignore[arg-type]
-                duration_ms=r.duration_ms, source_display=r.source_display, target_id=r.target_id,
-                reason=r.reason, detail=r.detail,
-                steps=tuple(LogStep(name=st["name"], type=_STEP_TYPES.get(st["name"], "processing"),  # type: ignore[arg-type]
-                                    status=st["status"], description=st["description"],
-                                    details=st.get("details", {})) for st in r.steps),
-                modified=tuple(ModifiedProperty(m["name"], redact(m.get("old")), redact(m.get("new")))
-                               for m in r.modified),
-                calls=tuple(TargetCall(c["method"], c["path"], int(c.get("status") or 0),
-                                       float(c.get("duration_ms") or 0.0)) for c in r.calls
-                            if not c.get("planned"))))
-        self.store.append_logs(out)
+            if redactions:   # LOG-4; the set is looked up once per cycle, not per value
+                modified = [{"name": m["name"],
+                             "old": "[Redact]" if isinstance(old := m.get("old"), str) and old in redactions
+                             else old,
+                             "new": "[Redact]" if isinstance(new := m.get("new"), str) and new in redactions
+                             else new} for m in r.modified]
+            else:
+                modified = [{"name": m["name"], "old": m.get("old"), "new": m.get("new")} for m in r.modified]
+            rows.append({
+                "job_id": job_id, "cycle_id": r.cycle_id, "change_id": r.change_id, "object_type": r.object_type,
+                "source_id": r.source_id, "action": r.action, "status": r.status, "at": r.at,
+                "duration_ms": r.duration_ms, "source_display": r.source_display, "target_id": r.target_id,
+                "reason": r.reason, "detail": r.detail,
+                "steps": [{"name": st["name"], "type": step_types.get(st["name"], "processing"),
+                           "status": st["status"], "description": st["description"],
+                           "details": st.get("details", {})} for st in r.steps],
+                "modified": modified,
+                "calls": [{"method": c["method"], "path": c["path"], "status": int(c.get("status") or 0),
+                           "duration_ms": float(c.get("duration_ms") or 0.0)} for c in r.calls
+                          if not c.get("planned")]})
+        self.store.append_log_rows(rows)
 
 
 _STEP_TYPES = {"import": "import", "scoping": "scoping", "matching": "matching", "export": "export",
