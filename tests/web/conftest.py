@@ -9,7 +9,6 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +16,7 @@ import pytest
 
 from tests.console.conftest import Browserless, server_with_operator, sign_in_operator
 from tests.server.conftest import Server, cli, database, start_server, stop_server  # noqa: F401 - fixture
+from tests.sso.conftest import oidc_provider, saml_idp  # noqa: F401 - fixtures (the local IdPs)
 from tests.sso.idp import MockOidcProvider, SamlTestIdp
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -63,19 +63,6 @@ def sso_server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield srv
 
 
-@pytest.fixture(scope="module")
-def oidc_provider() -> Iterator[MockOidcProvider]:
-    with MockOidcProvider() as provider:
-        yield provider
-
-
-@pytest.fixture(scope="module")
-def saml_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SamlTestIdp]:
-    directory: Path = tmp_path_factory.mktemp("saml-idp")
-    with SamlTestIdp(directory) as idp:
-        yield idp
-
-
 def make_tenant(server: Server) -> SsoTenant:
     operator = Browserless(server.base_url)
     sign_in_operator(operator)
@@ -92,7 +79,7 @@ def make_tenant(server: Server) -> SsoTenant:
 
 
 @pytest.fixture()
-def oidc_tenant(sso_server: Server, oidc_provider: MockOidcProvider) -> Iterator[SsoTenant]:
+def oidc_tenant(sso_server: Server, oidc_provider: MockOidcProvider) -> Iterator[SsoTenant]:  # noqa: F811
     t = make_tenant(sso_server)
     r = t.configure("oidc", {"discovery_url": oidc_provider.discovery_url, "client_id": oidc_provider.client_id,
                              "client_secret": oidc_provider.client_secret or "", "link_claim": "oid",
@@ -106,7 +93,7 @@ def oidc_tenant(sso_server: Server, oidc_provider: MockOidcProvider) -> Iterator
 
 
 @pytest.fixture()
-def saml_tenant(sso_server: Server, saml_idp: SamlTestIdp) -> Iterator[SsoTenant]:
+def saml_tenant(sso_server: Server, saml_idp: SamlTestIdp) -> Iterator[SsoTenant]:  # noqa: F811
     t = make_tenant(sso_server)
     r = t.configure("saml", {"link_from": "nameid", "link_attribute": "userName"},
                     files={"metadata_file": ("idp.xml", saml_idp.metadata_xml().encode(), "application/xml")})
