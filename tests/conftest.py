@@ -97,3 +97,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if reason:
         terminalreporter.write_sep("-", "PostgreSQL")
         terminalreporter.write_line(f"{reason}" + (f" ({count} tests)" if count else ""))
+    browser = [str(getattr(r, "longrepr", "")) for r in terminalreporter.stats.get("skipped", [])
+               if "browser tests skipped" in str(getattr(r, "longrepr", ""))]
+    if browser:   # tests/console/browser.py: no chromium or no playwright
+        text = browser[0]
+        terminalreporter.write_sep("-", "browser")
+        terminalreporter.write_line(text[text.index("browser tests skipped"):].split("'")[0].split('"')[0])
