@@ -695,7 +695,8 @@ def test_t_log_1_every_call_has_one_change_id(job: Job) -> None:
     logs = job.store.query_logs("job", cycle_id=report.cycle_id, limit=100)
     assert sorted(x.change_id for x in logs) == sorted(by_change)
     manager_rec = next(x for x in logs if x.source_id == ids[1])
-    assert [c.method for c in manager_rec.calls] == ["GET", "POST", "PATCH"]
+    # the manager goes into the POST when it was created first, else a PATCH follows (workers run concurrently)
+    assert [c.method for c in manager_rec.calls] in (["GET", "POST", "PATCH"], ["GET", "POST"])
     assert [s.type for s in manager_rec.steps][:3] == ["import", "scoping", "matching"]
     group_rec = next(x for x in logs if x.object_type == "Group")
     assert [(c.method, c.status) for c in group_rec.calls] == [("GET", 200), ("POST", 503), ("POST", 201),
