@@ -129,6 +129,13 @@ class NotImplementedByServer(ScimError):
     status = 501
 
 
+class ServiceUnavailable(ScimError):
+    """503 with ``Retry-After``: the database stayed busy past its lock timeout and retries; nothing was stored,
+    the same request can be sent again (RFC 9110 §15.6.4; Entra retries 5xx and honours ``Retry-After``)."""
+
+    status = 503
+
+
 class MethodNotAllowed(ScimError):
     """405: the method is not supported on this endpoint."""
 

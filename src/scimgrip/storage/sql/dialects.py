@@ -30,9 +30,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.pool import QueuePool, StaticPool
 
+from scimgrip.scim.errors import ServiceUnavailable
 from scimgrip.storage.base import BatchAborted
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+RETRY_FOR_SECONDS = 30.0
 SQLITE_POOL_SIZE = 16
 SQLITE_MAX_OVERFLOW = 40   # pool (56) > anyio's 40 worker threads: a thread never waits for a connection
 PG_POOL_SIZE = 10
@@ -141,6 +143,8 @@ def _sqlite_engine(url: str) -> Engine:
         finally:
             cur.close()
 
+    dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         # Straight on the DBAPI connection: BEGIN needs no result, and going through exec_driver_sql cost as
@@ -148,7 +152,12 @@ def _sqlite_engine(url: str) -> Engine:
         sql = "BEGIN IMMEDIATE" if conn.get_execution_options().get("scimgrip_write") else "BEGIN"
         dbapi = conn.connection.driver_connection
         assert dbapi is not None
-        dbapi.execute(sql)
+        try:
+            dbapi.execute(sql)
+        except dbapi_error as exc:
+            # as Core would raise it, so with_retries sees a lock error (SQLAlchemy does not wrap what a
+            # "begin" listener raises)
+            raise DBAPIError.instance(sql, None, exc, dbapi_error) from exc
 
     return engine
 
@@ -166,14 +175,22 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
-def with_retries(fn: Callable[[], T], attempts: int = 8) -> T:
+def with_retries(fn: Callable[[], T], attempts: int = 8, give_up_after: float = RETRY_FOR_SECONDS) -> T:
+    """``fn()``, run again after a lock or serialization conflict (back-off 10 ms doubling to 0.5 s), at most
+    ``attempts`` times and not once ``give_up_after`` seconds have passed (a SQLite attempt may itself have waited
+    out the 30 s busy timeout). Still in conflict after that: :class:`ServiceUnavailable` (503, ``Retry-After``),
+    never a 500 — nothing was stored and the client may send the request again."""
     delay = 0.01
+    started = time.monotonic()
     for attempt in range(attempts):
         try:
             return fn()
         except DBAPIError as exc:
-            if attempt == attempts - 1 or not is_retryable(exc):
+            if not is_retryable(exc):
                 raise
+            if attempt == attempts - 1 or time.monotonic() - started > give_up_after:
+                raise ServiceUnavailable("the database is busy; nothing was stored, send the request again",
+                                         headers={"Retry-After": "1"}) from exc
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
     raise AssertionError("unreachable")

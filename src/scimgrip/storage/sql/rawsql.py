@@ -12,19 +12,40 @@ Values are converted here the way the Core types would (``tables.UtcDateTime``):
 fixed-width UTC text, PostgreSQL as ``timestamptz``. DBAPI errors are re-raised as SQLAlchemy's exception
 classes (``DBAPIError.instance``), so retries (``dialects.with_retries``) and the uniqueness/foreign-key
 mapping of the repository see exactly what Core would have raised.
+
+Every cursor is closed when its block ends, also when it raises (:func:`dbapi_cursor`). An unclosed sqlite3
+cursor kept alive by an exception's traceback is finalised later by the garbage collector, in whatever thread
+happens to collect, and finalising resets its statement under its connection's mutex. That connection is back
+in the pool by then: when another thread holds the mutex while it waits for SQLite's write lock (``BEGIN
+IMMEDIATE`` under ``busy_timeout``), and the collecting thread is the one holding the write lock, the two wait
+for each other until the busy timeout (30 s) fails the waiter. Seen as 30 s stalls and 500s under parallel
+creates (tests/storage/test_cursors.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from scimgrip.storage.sql.tables import format_utc, parse_utc
 
 RES_COLS = "pk, id, resource_type, doc, version, created, last_modified"
+
+
+@contextmanager
+def dbapi_cursor(conn: Connection) -> Iterator[Any]:
+    """A DBAPI cursor on ``conn``'s connection, closed when the block ends (see the module docstring for why a
+    cursor must never be left to the garbage collector)."""
+    cur = conn.connection.cursor()
+    try:
+        yield cur
+    finally:
+        cur.close()
 
 
 class ResRow(NamedTuple):

@@ -66,7 +66,7 @@ from scimgrip.storage.sql.filters import (
     fold,
     mentions,
 )
-from scimgrip.storage.sql.rawsql import Raw
+from scimgrip.storage.sql.rawsql import Raw, dbapi_cursor
 from scimgrip.storage.sql.tables import (
     format_utc,
     group_members,
@@ -619,17 +619,17 @@ class SqlStorage(Transactions, Storage):
         exist produce no row, so the existence check costs a second statement only when fewer rows came back
         than were asked for (re-adding present members, or a bad id).
         """
-        cur = conn.connection.cursor()
-        inserted: list[tuple[str, str]] = []
-        for chunk in _chunks(ids):
-            got = self.raw.add_members(cur, tenant_id, group_id, chunk)
-            inserted += got
-            if len(got) < len(chunk):
-                found = self.raw.existing(cur, tenant_id, chunk)
-                for m in chunk:
-                    if m not in found:
-                        raise InvalidValue(f"member {m!r} does not exist")
-        return inserted
+        with dbapi_cursor(conn) as cur:
+            inserted: list[tuple[str, str]] = []
+            for chunk in _chunks(ids):
+                got = self.raw.add_members(cur, tenant_id, group_id, chunk)
+                inserted += got
+                if len(got) < len(chunk):
+                    found = self.raw.existing(cur, tenant_id, chunk)
+                    for m in chunk:
+                        if m not in found:
+                            raise InvalidValue(f"member {m!r} does not exist")
+            return inserted
 
     @staticmethod
     def _write_values(conn: Connection, tenant_id: int, pk: int,
@@ -652,23 +652,23 @@ class SqlStorage(Transactions, Storage):
         rows = value_rows(doc)
 
         def tx(conn: Connection) -> StoredResource:
-            cur = conn.connection.cursor()
-            pk = self.raw.insert_resource(cur, tenant_id, resource_type, rid, now, blob, cols)
-            self.raw.insert_values(cur, tenant_id, pk, rows)
-            member_list: list[Member] | None = None
-            groups: list[Member] | None = None
-            added: list[tuple[str, str]] = []
-            if resource_type == "Group":
-                member_list = []
-                if member_ids:
-                    added = self._add_members(conn, tenant_id, rid, member_ids)
-                    member_list = [Member(value=m, type=t) for m, t in self.raw.members(cur, tenant_id, rid)]
-            elif resource_type == "User":
-                groups = []
-            stored = StoredResource(id=rid, resource_type=resource_type, doc=doc, version=1, created=now,
-                                    last_modified=now, members=member_list, groups=groups)
-            append_events(conn, tenant_id, outbox.created(stored, added), now)
-            return stored
+            with dbapi_cursor(conn) as cur:
+                pk = self.raw.insert_resource(cur, tenant_id, resource_type, rid, now, blob, cols)
+                self.raw.insert_values(cur, tenant_id, pk, rows)
+                member_list: list[Member] | None = None
+                groups: list[Member] | None = None
+                added: list[tuple[str, str]] = []
+                if resource_type == "Group":
+                    member_list = []
+                    if member_ids:
+                        added = self._add_members(conn, tenant_id, rid, member_ids)
+                        member_list = [Member(value=m, type=t) for m, t in self.raw.members(cur, tenant_id, rid)]
+                elif resource_type == "User":
+                    groups = []
+                stored = StoredResource(id=rid, resource_type=resource_type, doc=doc, version=1, created=now,
+                                        last_modified=now, members=member_list, groups=groups)
+                append_events(conn, tenant_id, outbox.created(stored, added), now)
+                return stored
 
         try:
             return self._write(tx)
@@ -692,9 +692,9 @@ class SqlStorage(Transactions, Storage):
             removed += [(r[0], r[1]) for r in res]
         remove = [m for m in _dedupe(delta.remove) if m not in set(add)] if add else _dedupe(delta.remove)
         if remove:
-            cur = conn.connection.cursor()
-            for chunk in _chunks(remove):
-                removed += self.raw.remove_members(cur, tenant_id, group_id, chunk)
+            with dbapi_cursor(conn) as cur:
+                for chunk in _chunks(remove):
+                    removed += self.raw.remove_members(cur, tenant_id, group_id, chunk)
         added = self._add_members(conn, tenant_id, group_id, add) if add else []
         if delta.remove_all and add and len(add) > 4 * CHUNK:
             # everything was deleted and re-inserted: a re-added member is neither added nor removed
@@ -710,46 +710,46 @@ class SqlStorage(Transactions, Storage):
         raw = self.raw
 
         def tx(conn: Connection) -> StoredResource:
-            cur = conn.connection.cursor()
-            row = raw.resource(cur, tenant_id, resource_type, resource_id, lock="FOR NO KEY UPDATE")
-            if row is None:
-                raise NotFound(f"{resource_type} {resource_id!r} not found")
-            if expected_version is not None and row.version != expected_version:
-                raise PreconditionFailed(f"version mismatch: the {resource_type} is at version {row.version}")
-            is_group = resource_type == "Group"
-            members = [Member(value=m, type=t) for m, t in raw.members(cur, tenant_id, resource_id)] \
-                if needs_members and is_group else None
-            original = orjson.loads(row.doc)
-            change = apply(self._resource(row, members=members))
-            new_doc = storable(resource_type, change.doc)
-            delta = change.members
-            if not delta.is_empty() and not is_group:
-                raise InvalidValue(f"a {resource_type} has no members")
-            added, removed = self._apply_delta(conn, tenant_id, resource_id, delta) if not delta.is_empty() \
-                else ([], [])
-            members_changed = bool(added or removed)
-            doc_changed = new_doc != original
-            version, last_modified = row.version, row.last_modified
-            if doc_changed or members_changed:
-                last_modified = _now()
-                version += 1
-                if doc_changed:
-                    new_cols.update(index_columns(resource_type, new_doc))
-                    raw.update_resource(cur, row.pk, last_modified, _dumps(new_doc), new_cols)
-                    new_rows = value_rows(new_doc)
-                    if new_rows != value_rows(original):
-                        raw.delete_values(cur, row.pk)
-                        raw.insert_values(cur, tenant_id, row.pk, new_rows)
-                else:
-                    raw.update_resource(cur, row.pk, last_modified, None, None)
-            if needs_members and is_group and (members_changed or members is None):
-                members = [Member(value=m, type=t) for m, t in raw.members(cur, tenant_id, resource_id)]
-            stored = StoredResource(id=row.id, resource_type=row.resource_type,
-                                    doc=new_doc if doc_changed else original, version=version,
-                                    created=row.created, last_modified=last_modified, members=members)
-            if doc_changed or members_changed:
-                append_events(conn, tenant_id, outbox.updated(original, stored, added, removed), last_modified)
-            return stored
+            with dbapi_cursor(conn) as cur:
+                row = raw.resource(cur, tenant_id, resource_type, resource_id, lock="FOR NO KEY UPDATE")
+                if row is None:
+                    raise NotFound(f"{resource_type} {resource_id!r} not found")
+                if expected_version is not None and row.version != expected_version:
+                    raise PreconditionFailed(f"version mismatch: the {resource_type} is at version {row.version}")
+                is_group = resource_type == "Group"
+                members = [Member(value=m, type=t) for m, t in raw.members(cur, tenant_id, resource_id)] \
+                    if needs_members and is_group else None
+                original = orjson.loads(row.doc)
+                change = apply(self._resource(row, members=members))
+                new_doc = storable(resource_type, change.doc)
+                delta = change.members
+                if not delta.is_empty() and not is_group:
+                    raise InvalidValue(f"a {resource_type} has no members")
+                added, removed = self._apply_delta(conn, tenant_id, resource_id, delta) if not delta.is_empty() \
+                    else ([], [])
+                members_changed = bool(added or removed)
+                doc_changed = new_doc != original
+                version, last_modified = row.version, row.last_modified
+                if doc_changed or members_changed:
+                    last_modified = _now()
+                    version += 1
+                    if doc_changed:
+                        new_cols.update(index_columns(resource_type, new_doc))
+                        raw.update_resource(cur, row.pk, last_modified, _dumps(new_doc), new_cols)
+                        new_rows = value_rows(new_doc)
+                        if new_rows != value_rows(original):
+                            raw.delete_values(cur, row.pk)
+                            raw.insert_values(cur, tenant_id, row.pk, new_rows)
+                    else:
+                        raw.update_resource(cur, row.pk, last_modified, None, None)
+                if needs_members and is_group and (members_changed or members is None):
+                    members = [Member(value=m, type=t) for m, t in raw.members(cur, tenant_id, resource_id)]
+                stored = StoredResource(id=row.id, resource_type=row.resource_type,
+                                        doc=new_doc if doc_changed else original, version=version,
+                                        created=row.created, last_modified=last_modified, members=members)
+                if doc_changed or members_changed:
+                    append_events(conn, tenant_id, outbox.updated(original, stored, added, removed), last_modified)
+                return stored
 
         try:
             return self._write(tx)
@@ -761,28 +761,29 @@ class SqlStorage(Transactions, Storage):
         raw = self.raw
 
         def tx(conn: Connection) -> None:
-            cur = conn.connection.cursor()
-            if expected_version is not None:
-                current = raw.resource(cur, tenant_id, resource_type, resource_id, lock="FOR UPDATE")
-                if current is None:
+            with dbapi_cursor(conn) as cur:
+                if expected_version is not None:
+                    current = raw.resource(cur, tenant_id, resource_type, resource_id, lock="FOR UPDATE")
+                    if current is None:
+                        raise NotFound(f"{resource_type} {resource_id!r} not found")
+                    if current.version != expected_version:
+                        raise PreconditionFailed(
+                            f"version mismatch: the {resource_type} is at version {current.version}")
+                # memberships of the resource in groups: removed here (not by cascade) to report each one
+                parents = raw.leave_groups(cur, tenant_id, resource_id)
+                # its own group_members rows (as group) and resource_values go by ON DELETE CASCADE
+                row = raw.delete_resource(cur, tenant_id, resource_type, resource_id)
+                if row is None:
                     raise NotFound(f"{resource_type} {resource_id!r} not found")
-                if current.version != expected_version:
-                    raise PreconditionFailed(f"version mismatch: the {resource_type} is at version {current.version}")
-            # memberships of the resource in groups: removed here (not by cascade) to report each one
-            parents = raw.leave_groups(cur, tenant_id, resource_id)
-            # its own group_members rows (as group) and resource_values go by ON DELETE CASCADE
-            row = raw.delete_resource(cur, tenant_id, resource_type, resource_id)
-            if row is None:
-                raise NotFound(f"{resource_type} {resource_id!r} not found")
-            drafts: list[outbox.Draft] = []
-            if parents:
-                found: list[Any] = []
-                for chunk in _chunks(sorted(set(parents))):
-                    found += raw.resources_by_ids(cur, tenant_id, chunk)
-                groups = [self._resource(g) for g in sorted(found, key=lambda g: g.id)]
-                drafts += outbox.removed_from(groups, (resource_id, resource_type))
-            drafts += outbox.deleted(self._resource(row))
-            append_events(conn, tenant_id, drafts, _now())
+                drafts: list[outbox.Draft] = []
+                if parents:
+                    found: list[Any] = []
+                    for chunk in _chunks(sorted(set(parents))):
+                        found += raw.resources_by_ids(cur, tenant_id, chunk)
+                    groups = [self._resource(g) for g in sorted(found, key=lambda g: g.id)]
+                    drafts += outbox.removed_from(groups, (resource_id, resource_type))
+                drafts += outbox.deleted(self._resource(row))
+                append_events(conn, tenant_id, drafts, _now())
 
         self._write(tx)
 
@@ -1014,7 +1015,12 @@ class SqlStorage(Transactions, Storage):
             rows.append(tuple(row[k] for k in LOG_KEYS))
         # one executemany on the DBAPI cursor (rawsql.py), on the connection that does not wait for the disk
         sql = f"INSERT INTO request_log ({', '.join(LOG_KEYS)}) VALUES ({Raw.marks(len(LOG_KEYS))})"
-        self._write_unsynced(lambda c: self.raw.executemany(c.connection.cursor(), sql, rows))
+
+        def tx(conn: Connection) -> None:
+            with dbapi_cursor(conn) as cur:
+                self.raw.executemany(cur, sql, rows)
+
+        self._write_unsynced(tx)
 
     def list_request_log(self, tenant_id: int, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._read(lambda c: c.execute(
