@@ -83,7 +83,8 @@ class RateLimitStore:
                                  connect_args={"options": "-c synchronous_commit=off"})
         if url.database in (None, "", ":memory:"):
             return shared      # an in-memory database exists only on the storage's own connection
-        engine = make_engine(url.render_as_string(hide_password=False))
+        # not in the writer queue: a counter gives up after SQLITE_COUNTER_BUSY_MS instead of queueing
+        engine = make_engine(url.render_as_string(hide_password=False), writer_queue=False)
 
         @event.listens_for(engine, "connect")
         def _no_fsync(dbapi_conn: Any, _record: Any) -> None:
