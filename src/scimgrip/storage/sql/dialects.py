@@ -124,8 +124,8 @@ class WriterQueue:
 
     SQLite's busy handler *sleeps* between attempts (1, 2, 5 … 100 ms), so writers that meet SQLite's lock
     leave it idle after each commit until one of them wakes up: under 16 concurrent writers the p99 of a
-    simple write was 136–334 ms (docs/performance.md). Queued on a lock, the next writer starts as soon as the
-    previous one released. Writers of other processes still meet SQLite's lock and its busy handler.
+    simple write was 0.33–0.54 s (docs/performance.md, change 7). Queued on a lock, the next writer starts as
+    soon as the previous one released. Writers of other processes still meet SQLite's lock and its busy handler.
 
     The lock is taken in the engine's ``begin`` event of a write transaction and released when the connection
     goes back to the pool (after COMMIT or ROLLBACK), so every write path of every store on the file queues,

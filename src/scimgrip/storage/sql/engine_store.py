@@ -79,6 +79,7 @@ from scimgrip.storage.sql.engine_tables import (
     engine_refs,
     engine_staged,
 )
+from scimgrip.storage.sql.rawsql import dbapi_cursor
 from scimgrip.storage.sql.tables import format_utc
 
 T = TypeVar("T")
@@ -747,13 +748,11 @@ class SqlEngineStore(Transactions, EngineStore):
         sql = _LOG_INSERT_PG if pg else _LOG_INSERT_SQLITE
 
         def tx(conn: Connection) -> None:
-            cur = conn.connection.cursor()
-            try:
-                cur.executemany(sql, rows)
-            except conn.dialect.loaded_dbapi.Error as exc:
-                raise DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error) from exc
-            finally:
-                cur.close()
+            with dbapi_cursor(conn) as cur:
+                try:
+                    cur.executemany(sql, rows)
+                except conn.dialect.loaded_dbapi.Error as exc:
+                    raise DBAPIError.instance(sql, None, exc, conn.dialect.loaded_dbapi.Error) from exc
 
         self._write(tx)
 

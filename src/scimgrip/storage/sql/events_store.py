@@ -32,6 +32,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from scimgrip.events.outbox import Draft
 from scimgrip.storage.base import Storage
 from scimgrip.storage.sql.dialects import WRITE, current_batch, with_retries
+from scimgrip.storage.sql.rawsql import dbapi_cursor
 from scimgrip.storage.sql.tables import (
     app_api_keys,
     event_sequences,
@@ -85,8 +86,7 @@ def append_events(conn: Connection, tenant_id: int, drafts: Sequence[Draft], whe
     n = len(drafts)
     ids = ["evt_" + uuid.uuid4().hex for _ in drafts]
     datas = [orjson.dumps(d.data).decode() for d in drafts]
-    cur = conn.connection.cursor()
-    try:
+    with dbapi_cursor(conn) as cur:
         if conn.dialect.name == "postgresql":
             cur.execute(_PG_OUTBOX, {"t": tenant_id, "n": n, "occurred": when.astimezone(dt.UTC), "ids": ids,
                                      "types": [d.type for d in drafts], "rts": [d.resource_type for d in drafts],
@@ -104,8 +104,6 @@ def append_events(conn: Connection, tenant_id: int, drafts: Sequence[Draft], whe
             cur.execute(_SQLITE_INSERT, rows[0])
         else:
             cur.executemany(_SQLITE_INSERT, rows)
-    finally:
-        cur.close()
 
 
 def purge_tenant(conn: Connection, tenant_id: int) -> None:
