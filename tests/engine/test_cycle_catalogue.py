@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import pytest
 
-from scimgrip.engine import bulk_batcher
 from scimgrip.engine.bulk_batcher import BulkBatcher
 from scimgrip.engine.config import load_job_config
 from scimgrip.engine.cycle import CycleReport, Engine, reconcile
@@ -823,32 +822,22 @@ def test_bulk_initial_cycle_with_listing_and_managers(job: Job) -> None:
 
 @pytest.mark.parametrize("use_bulk", ["always", "auto"])
 def test_bulk_unreadable_service_provider_config_does_not_end_the_cycle(job: Job, use_bulk: str,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                        patient_bulk: list[BulkBatcher]) -> None:
     """A 5xx on ``GET /ServiceProviderConfig`` (every attempt of one read) when the batcher starts used to escape
     ``run_cycle``; now the cycle runs — "always" in BulkRequests of the default size, "auto" (nothing known to be
-    advertised) as single requests. The batcher lingers 1 s here instead of 5 ms, so the three creates meet in one
-    BulkRequest even on a loaded machine (a batch of one goes as the plain request)."""
-
-    made: list[BulkBatcher] = []
-
-    class PatientBatcher(BulkBatcher):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["linger"] = 1.0
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(bulk_batcher, "BulkBatcher", PatientBatcher)     # the cycle imports it from there
+    advertised) as single requests."""
     ids = users_job(job, 3)
     spc = job.faulty.faults.add("status", method="GET", path="^/ServiceProviderConfig$", status=500, times=4)
     report = job.run(use_bulk=use_bulk)                      # retries: 3, so the first read fails for good
     assert spc.fired == 4
     assert [records_of(report, oid) for oid in ids] == [[("create", "success", None)]] * 3
     assert (("POST", "/Bulk") in {(s.method, s.path) for s in job.seen()}) == (use_bulk == "always")
-    assert len(made) == (1 if use_bulk == "always" else 0)
+    assert len(patient_bulk) == (1 if use_bulk == "always" else 0)
 
 
 @pytest.mark.parametrize("use_bulk", ["auto", "never"])
-def test_bulk_failed_operation_escrowed_like_a_single_request(job: Job, use_bulk: str) -> None:
+def test_bulk_failed_operation_escrowed_like_a_single_request(job: Job, use_bulk: str,
+                                                              patient_bulk: list[BulkBatcher]) -> None:
     """One rejected operation inside a BulkRequest fails, is escrowed and recovers exactly as the same rejected
     single POST does (the "never" run is the reference)."""
     ids = users_job(job, 6)

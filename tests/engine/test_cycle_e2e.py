@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from scimgrip.engine.bulk_batcher import BulkBatcher
 from scimgrip.engine.config import load_job_config
 from scimgrip.engine.cycle import CycleReport, Engine
 from scimgrip.engine.sources.file import FileSource
@@ -304,7 +305,7 @@ def test_sample_directory_lifecycle(server: Server, tmp_path: Path) -> None:
     assert not [r for r in real.records if r.status == "failure"]
 
 
-def test_sample_directory_through_bulk(server: Server, tmp_path: Path) -> None:
+def test_sample_directory_through_bulk(server: Server, tmp_path: Path, patient_bulk: list[BulkBatcher]) -> None:
     """The same sample directory with ``/Bulk`` (WIRE-4): the target ends up exactly as with single requests —
     users, managers, groups, memberships — in a fraction of the requests; then 10 changed users cost a few
     requests (their PATCHes share BulkRequests; one that arrives alone goes as the plain PATCH) and no read."""
